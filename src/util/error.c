@@ -46,7 +46,14 @@ void ia_error_prefix(ia_error *err, const char *fmt, ...) {
     va_end(ap);
     char old[IA_ERROR_MSG_MAX];
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    size_t pl = strlen(prefix);
+    if (pl > sizeof err->msg - 3) pl = sizeof err->msg - 3;
+    memcpy(err->msg, prefix, pl);
+    memcpy(err->msg + pl, ": ", 2);
+    size_t room = sizeof err->msg - pl - 3, ol = strlen(old);
+    if (ol > room) ol = room;
+    memcpy(err->msg + pl + 2, old, ol);
+    err->msg[pl + 2 + ol] = 0;
     error_flatten(err->msg);
 }
 
