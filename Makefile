@@ -1,6 +1,7 @@
 # Makefile — builds libiteralign.a, the `iteralign` binary, the tests, the fuzzers and benchmarks.
 #   make            the binary (./iteralign)
 #   make test       build and run the whole test suite
+#   make check      make test, then make test-asan (what CI runs)
 #   make test-asan  the same suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       build the libFuzzer targets (clang) ; make fuzz-run runs each for a bounded time
 #   make bench      benchmarks (writes bench/results/)
@@ -31,7 +32,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
-.PHONY: all test test-asan fuzz fuzz-run bench clean install-deps
+.PHONY: all test check test-asan fuzz fuzz-run bench clean install-deps
 all: $(BIN)
 
 $(BUILD)/%.o: %.c
@@ -54,6 +55,11 @@ tests-build: $(BIN) $(TEST_BIN)
 # The README's test command. Runs every unit test binary, the CLI/reference tests and bounded fuzzing.
 test: $(BIN) $(TEST_BIN)
 	@BUILD=$(BUILD) BIN=./$(BIN) tests/run-tests.sh
+
+# What CI runs (the README's test command): the suite, then the suite again under ASan+UBSan.
+check:
+	$(MAKE) test
+	IA_TEST_FUZZ_SECONDS=0 $(MAKE) test-asan
 
 test-asan:
 	$(MAKE) BUILD=build-asan BIN=iteralign-asan OPT=-O1 \

@@ -73,7 +73,16 @@ void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_to
 /* The plain C reference of ia_matmul (dequantise each row, dot in f32). Tests compare against it. */
 void ia_matmul_ref(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in, int n_out);
 
-/* Which kernel family ia_matmul uses on this CPU ("avx512", "avx2", "scalar"). */
+/* Which kernel family ia_matmul uses on this CPU ("avx512", "avx2", "scalar"). The environment
+ * variable IA_KERNEL=scalar|avx2|avx512 forces a family (ignored if this CPU lacks it). */
 const char *ia_cpu_kernel_name(void);
+/* Whether a kernel family ("scalar", "avx2", "avx512") can run on this CPU and build. */
+bool ia_kernel_available(const char *name);
+/* Forces a kernel family for later ia_matmul calls (tests, benchmarks); NULL restores the automatic
+ * choice. Returns false, changing nothing, if the family is unavailable. Not to be called while
+ * another thread is inside ia_matmul. */
+bool ia_kernel_force(const char *name);
+/* ia_dequantize_row through the selected family's SIMD dequantiser: the same bits, faster. */
+void ia_dequantize_row_fast(uint32_t type, const void *src, float *dst, int64_t n);
 
 #endif /* IA_TENSOR_H */

@@ -1,0 +1,40 @@
+/* main.c — the `iteralign` command: dispatches to one sub-command per file in src/cli/. */
+#include "cli.h"
+
+#include <stdlib.h>
+
+static const cli_command commands[] = {
+    {"info", "show a GGUF model's metadata, tensors, tokenizer and chat template", cmd_info},
+    {"tokenize", "turn text into token ids with a model's tokenizer", cmd_tokenize},
+    {"generate", "generate completions for one prompt or a JSONL file of prompts (batched)", cmd_generate},
+    {"make-model", "write a random-weight GGUF model at a given shape and tensor type", cmd_make_model},
+};
+#define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "iteralign %s — align language models with the IterAlign method, on the CPU.\n\n"
+            "usage: iteralign <command> [options]   (iteralign <command> --help for its options)\n\ncommands:\n",
+            IA_VERSION);
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("iteralign %s\n", IA_VERSION);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "iteralign: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
