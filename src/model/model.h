@@ -65,6 +65,8 @@ struct ia_model {
     ia_layer *layers;       /* [L] */
     ia_tokenizer *tok;
     char *chat_template;    /* tokenizer.chat_template or NULL */
+    float *owned;           /* one block holding the F16/BF16 (or misaligned F32) norms, biases and
+                               rope_freqs converted to f32 at load; the pointers above point into it */
 };
 
 /* ---- inference context: KV cache for S slots + workspace for N tokens ---- */
@@ -111,7 +113,10 @@ typedef struct ia_mkmodel_opts {
 /* Fills opts from a preset name: "smollm2-135m", "qwen2.5-0.5b", "tinyllama-1.1b", "tiny-llama",
  * "tiny-qwen2". Returns IA_OK or IA_ERR_ARG for an unknown name. vocab_path/type/seed untouched. */
 int ia_mkmodel_preset(const char *name, ia_mkmodel_opts *opts, ia_error *err);
-/* Writes a random-weight GGUF through the project's own writer (weights ~ N(0, 0.02), norms ~ 1). */
+/* Writes a random-weight GGUF through the project's own writer (weights ~ N(0, 0.02), norms ~ 1).
+ * Matrices whose rows do not split into the type's blocks fall back per tensor (K-quants to Q8_0,
+ * then F16), as llama.cpp's quantizer does; norms and biases are F32. Tensors are generated one at a
+ * time while writing, so memory stays at one tensor. Same options and seed, same bytes. */
 int ia_mkmodel_write(const ia_mkmodel_opts *opts, const char *out_path, ia_error *err);
 
 #endif /* IA_MODEL_H */

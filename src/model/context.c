@@ -1,0 +1,294 @@
+/* context.c — the inference context (KV cache + workspace, all allocated at init) and the batched
+ * forward pass: one pass over the weights for every token of a batch. */
+#include "model.h"
+
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+struct ia_context {
+    const ia_model *m;
+    int n_slots;            /* S */
+    int n_ctx;              /* C: positions per slot */
+    int n_batch;            /* most tokens per decode */
+    int kv_dim;             /* Hkv*D */
+    float *k_cache;         /* [S][L][C][Hkv*D] */
+    float *v_cache;         /* [S][L][C][Hkv*D] */
+    float *rope_cos;        /* [C][n_rot/2] cos(theta(pos, i)), computed in double at init */
+    float *rope_sin;        /* [C][n_rot/2] */
+    float *x;               /* [n_batch][E] residual stream */
+    float *xb;              /* [n_batch][max(E, H*D)] normalised input of a matmul / attention output */
+    float *q;               /* [n_batch][max(H*D, E)] queries; then the attention projection */
+    float *k;               /* [n_batch][Hkv*D] */
+    float *v;               /* [n_batch][Hkv*D] */
+    float *att;             /* [n_att_thr][C] per-thread attention scores (one (token, head) at a time) */
+    int n_att_thr;          /* threads the score rows were sized for */
+    float *hb;              /* [n_batch][F] gate, then silu(gate)*up */
+    float *hb2;             /* [n_batch][F] up */
+    float *xo;              /* [n_batch][E] final-normed rows whose logits are wanted */
+    float *logits;          /* [n_batch][V] */
+    int n_logits;           /* rows of logits valid after the last decode */
+};
+
+/* Sizes in floats, with overflow checks: a*b*c*d or SIZE_MAX. */
+static size_t mul_sz(size_t a, size_t b) { return (a && b > SIZE_MAX / a) ? SIZE_MAX : a * b; }
+
+ia_context *ia_context_init(const ia_model *m, int n_slots, int n_ctx, int n_batch, ia_error *err) {
+    if (!m) { ia_error_set(err, IA_ERR_ARG, "ia_context_init: model is NULL"); return NULL; }
+    if (n_slots < 1 || n_ctx < 1 || n_batch < 1) {
+        ia_error_set(err, IA_ERR_ARG, "ia_context_init: n_slots %d, n_ctx %d, n_batch %d must all be >= 1",
+                     n_slots, n_ctx, n_batch);
+        return NULL;
+    }
+    const ia_hparams *hp = &m->hp;
+    ia_context *c = ia_calloc(1, sizeof *c);
+    if (!c) { ia_error_set(err, IA_ERR_NOMEM, "ia_context_init: out of memory"); return NULL; }
+    c->m = m;
+    c->n_slots = n_slots;
+    c->n_ctx = n_ctx;
+    c->n_batch = n_batch;
+    c->kv_dim = hp->n_head_kv * hp->head_dim;
+    size_t E = (size_t)hp->n_embd, Dq = (size_t)hp->n_head * hp->head_dim, F = (size_t)hp->n_ff;
+    size_t V = (size_t)hp->n_vocab, NB = (size_t)n_batch, half = (size_t)hp->n_rot / 2;
+#ifdef _OPENMP
+    /* Score rows for as many threads as can run; decode never uses more than this. */
+    c->n_att_thr = omp_get_num_procs();
+    if (omp_get_max_threads() > c->n_att_thr) c->n_att_thr = omp_get_max_threads();
+    if (ia_get_threads() > c->n_att_thr) c->n_att_thr = ia_get_threads();
+#else
+    c->n_att_thr = 1;
+#endif
+    size_t kv = mul_sz(mul_sz(mul_sz((size_t)n_slots, (size_t)hp->n_layer), (size_t)n_ctx), (size_t)c->kv_dim);
+    size_t kv_bytes = mul_sz(kv, sizeof(float));
+    if (kv_bytes == SIZE_MAX) goto nomem;
+    /* calloc: never-written positions read as zeros (deterministic), and untouched pages of a large
+     * cache cost no memory until used. */
+    c->k_cache = ia_calloc(kv, sizeof(float));
+    c->v_cache = ia_calloc(kv, sizeof(float));
+    c->rope_cos = ia_malloc(mul_sz(mul_sz((size_t)n_ctx, half ? half : 1), sizeof(float)));
+    c->rope_sin = ia_malloc(mul_sz(mul_sz((size_t)n_ctx, half ? half : 1), sizeof(float)));
+    c->x = ia_malloc(mul_sz(mul_sz(NB, E), sizeof(float)));
+    c->xb = ia_malloc(mul_sz(mul_sz(NB, E > Dq ? E : Dq), sizeof(float)));
+    c->q = ia_malloc(mul_sz(mul_sz(NB, E > Dq ? E : Dq), sizeof(float)));
+    c->k = ia_malloc(mul_sz(mul_sz(NB, (size_t)c->kv_dim), sizeof(float)));
+    c->v = ia_malloc(mul_sz(mul_sz(NB, (size_t)c->kv_dim), sizeof(float)));
+    c->att = ia_malloc(mul_sz(mul_sz((size_t)c->n_att_thr, (size_t)n_ctx), sizeof(float)));
+    c->hb = ia_malloc(mul_sz(mul_sz(NB, F), sizeof(float)));
+    c->hb2 = ia_malloc(mul_sz(mul_sz(NB, F), sizeof(float)));
+    c->xo = ia_malloc(mul_sz(mul_sz(NB, E), sizeof(float)));
+    c->logits = ia_malloc(mul_sz(mul_sz(NB, V), sizeof(float)));
+    if (!c->k_cache || !c->v_cache || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->q || !c->k ||
+        !c->v || !c->att || !c->hb || !c->hb2 || !c->xo || !c->logits)
+        goto nomem;
+
+    /* RoPE table: theta_i(pos) = pos * freq_scale * base^(-2i/n_rot) / rope_freqs[i], in double so
+     * large positions keep full f32 accuracy in cos/sin. */
+    for (int p = 0; p < n_ctx; p++)
+        for (size_t i = 0; i < half; i++) {
+            double inv = pow((double)hp->rope_base, -2.0 * (double)i / (double)hp->n_rot);
+            double th = (double)p * (double)hp->rope_freq_scale * inv;
+            if (m->rope_freqs) th /= (double)m->rope_freqs[i];
+            c->rope_cos[(size_t)p * half + i] = (float)cos(th);
+            c->rope_sin[(size_t)p * half + i] = (float)sin(th);
+        }
+    return c;
+nomem:
+    ia_error_set(err, IA_ERR_NOMEM, "ia_context_init: out of memory for %d slots x %d positions x %d layers "
+                 "(KV cache %.1f MiB) and a batch of %d", n_slots, n_ctx, hp->n_layer,
+                 (double)kv * 2 * sizeof(float) / (1024.0 * 1024.0), n_batch);
+    ia_context_free(c);
+    return NULL;
+}
+
+void ia_context_free(ia_context *c) {
+    if (!c) return;
+    ia_free(c->k_cache);
+    ia_free(c->v_cache);
+    ia_free(c->rope_cos);
+    ia_free(c->rope_sin);
+    ia_free(c->x);
+    ia_free(c->xb);
+    ia_free(c->q);
+    ia_free(c->k);
+    ia_free(c->v);
+    ia_free(c->att);
+    ia_free(c->hb);
+    ia_free(c->hb2);
+    ia_free(c->xo);
+    ia_free(c->logits);
+    ia_free(c);
+}
+
+int ia_context_n_slots(const ia_context *c) { return c->n_slots; }
+int ia_context_n_ctx(const ia_context *c) { return c->n_ctx; }
+int ia_context_n_batch(const ia_context *c) { return c->n_batch; }
+const float *ia_context_logits(const ia_context *c) { return c->logits; }
+int ia_context_n_logits(const ia_context *c) { return c->n_logits; }
+
+/* ---- blocks -------------------------------------------------------------------------------- */
+
+/* y = x / sqrt(mean(x^2) + eps) * w, the sum in double (cheap, and closer to the reference). */
+static void rmsnorm(float *y, const float *x, const float *w, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float s = (float)(1.0 / sqrt(ss / n + (double)eps));
+    for (int i = 0; i < n; i++) y[i] = x[i] * s * w[i];
+}
+
+/* Rotates each head of vec ([n_heads][D]) by the angles of one position. NORM pairs (2i, 2i+1);
+ * NEOX pairs (i, i + n_rot/2); dims beyond n_rot pass through. */
+static void rope(float *vec, int n_heads, int D, int n_rot, ia_rope_type type, const float *cs, const float *sn) {
+    int half = n_rot / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = vec + (size_t)h * D;
+        for (int i = 0; i < half; i++) {
+            int i0 = type == IA_ROPE_NEOX ? i : 2 * i;
+            int i1 = type == IA_ROPE_NEOX ? i + half : 2 * i + 1;
+            float x0 = v[i0], x1 = v[i1];
+            v[i0] = x0 * cs[i] - x1 * sn[i];
+            v[i1] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+/* Dot product with eight interleaved partial sums (i mod 8): a fixed order, so the result never
+ * depends on the batch or thread, and the compiler can vectorise it without reassociating. */
+static inline float dot8(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int nv = n & ~7;
+    for (int k = 0; k < nv; k += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[k + l] * b[k + l];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int k = nv; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+static void add_bias(float *y, const float *b, int n_tok, int n) {
+    if (!b) return;
+    for (int t = 0; t < n_tok; t++)
+        for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+}
+
+/* ---- the forward pass -------------------------------------------------------------------- */
+
+int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
+    if (!c || !b) return ia_error_set(err, IA_ERR_ARG, "ia_context_decode: NULL argument");
+    const ia_model *m = c->m;
+    const ia_hparams *hp = &m->hp;
+    const int N = b->n_tokens;
+    c->n_logits = 0;
+    if (N < 1 || N > c->n_batch)
+        return ia_error_set(err, IA_ERR_RANGE, "ia_context_decode: %d tokens in the batch, expected 1..%d (n_batch)",
+                            N, c->n_batch);
+    if (!b->token || !b->pos || !b->slot) return ia_error_set(err, IA_ERR_ARG, "ia_context_decode: NULL batch array");
+    for (int t = 0; t < N; t++) {
+        if (b->token[t] < 0 || b->token[t] >= hp->n_vocab)
+            return ia_error_set(err, IA_ERR_RANGE, "ia_context_decode: token %d of the batch has id %d, outside "
+                                "the vocabulary (0..%d)", t, b->token[t], hp->n_vocab - 1);
+        if (b->pos[t] < 0 || b->pos[t] >= c->n_ctx)
+            return ia_error_set(err, IA_ERR_RANGE, "ia_context_decode: token %d of the batch is at position %d, "
+                                "outside the context (0..%d)", t, b->pos[t], c->n_ctx - 1);
+        if (b->slot[t] < 0 || b->slot[t] >= c->n_slots)
+            return ia_error_set(err, IA_ERR_RANGE, "ia_context_decode: token %d of the batch is in slot %d, but "
+                                "the context has %d slots", t, b->slot[t], c->n_slots);
+    }
+
+    const int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
+    const int Dq = H * D, KV = c->kv_dim, L = hp->n_layer, C = c->n_ctx, half = hp->n_rot / 2;
+    const int group = H / Hkv; /* query heads per KV head (GQA) */
+    const float scale = 1.0f / sqrtf((float)D);
+    int nth = ia_get_threads();
+    if (nth > c->n_att_thr) nth = c->n_att_thr;
+    if (nth < 1) nth = 1;
+
+    /* Embeddings: dequantise each token's row. */
+    size_t emb_row = ia_type_row_size(m->tok_embd.type, E);
+    for (int t = 0; t < N; t++)
+        ia_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)b->token[t] * emb_row,
+                          c->x + (size_t)t * E, E);
+
+    for (int l = 0; l < L; l++) {
+        const ia_layer *ly = &m->layers[l];
+        for (int t = 0; t < N; t++)
+            rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, ly->attn_norm, E, hp->rms_eps);
+        /* All N rows at once: one pass over each weight matrix per step. */
+        ia_matmul(c->q, c->xb, ly->wq.data, ly->wq.type, N, E, Dq);
+        ia_matmul(c->k, c->xb, ly->wk.data, ly->wk.type, N, E, KV);
+        ia_matmul(c->v, c->xb, ly->wv.data, ly->wv.type, N, E, KV);
+        add_bias(c->q, ly->bq, N, Dq);
+        add_bias(c->k, ly->bk, N, KV);
+        add_bias(c->v, ly->bv, N, KV);
+        for (int t = 0; t < N; t++) {
+            const float *cs = c->rope_cos + (size_t)b->pos[t] * half, *sn = c->rope_sin + (size_t)b->pos[t] * half;
+            rope(c->q + (size_t)t * Dq, H, D, hp->n_rot, hp->rope_type, cs, sn);
+            rope(c->k + (size_t)t * KV, Hkv, D, hp->n_rot, hp->rope_type, cs, sn);
+            size_t off = (((size_t)b->slot[t] * L + l) * C + b->pos[t]) * KV;
+            memcpy(c->k_cache + off, c->k + (size_t)t * KV, (size_t)KV * sizeof(float));
+            memcpy(c->v_cache + off, c->v + (size_t)t * KV, (size_t)KV * sizeof(float));
+        }
+
+        /* Causal attention, one (token, head) per iteration: each result is computed by one thread in
+         * a fixed order, so it does not depend on the batch or the thread count. Output goes to xb. */
+        float *out = c->xb;
+        const int n_work = N * H;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+        for (int w = 0; w < n_work; w++) {
+            int t = w / H, h = w % H;
+#ifdef _OPENMP
+            float *sc = c->att + (size_t)omp_get_thread_num() * C;
+#else
+            float *sc = c->att;
+#endif
+            const float *qh = c->q + (size_t)t * Dq + (size_t)h * D;
+            int kvh = h / group, pos = b->pos[t];
+            size_t base = ((size_t)b->slot[t] * L + l) * C * (size_t)KV + (size_t)kvh * D;
+            float mx = -INFINITY;
+            for (int p = 0; p <= pos; p++) {
+                float s = dot8(qh, c->k_cache + base + (size_t)p * KV, D) * scale;
+                sc[p] = s;
+                if (s > mx) mx = s;
+            }
+            float sum = 0;
+            for (int p = 0; p <= pos; p++) {
+                sc[p] = expf(sc[p] - mx);
+                sum += sc[p];
+            }
+            float inv = 1.0f / sum;
+            float *o = out + (size_t)t * Dq + (size_t)h * D;
+            for (int d = 0; d < D; d++) o[d] = 0;
+            for (int p = 0; p <= pos; p++) {
+                const float *vp = c->v_cache + base + (size_t)p * KV;
+                float a = sc[p] * inv;
+                for (int d = 0; d < D; d++) o[d] += a * vp[d];
+            }
+        }
+        /* q is free again: the projection goes there, then into the residual. */
+        ia_matmul(c->q, out, ly->wo.data, ly->wo.type, N, Dq, E);
+        for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->q[i];
+
+        /* SwiGLU feed-forward. */
+        for (int t = 0; t < N; t++)
+            rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->rms_eps);
+        ia_matmul(c->hb, c->xb, ly->w_gate.data, ly->w_gate.type, N, E, F);
+        ia_matmul(c->hb2, c->xb, ly->w_up.data, ly->w_up.type, N, E, F);
+        for (size_t i = 0; i < (size_t)N * F; i++) {
+            float g = c->hb[i];
+            c->hb[i] = g / (1.0f + expf(-g)) * c->hb2[i];
+        }
+        ia_matmul(c->xb, c->hb, ly->w_down.data, ly->w_down.type, N, F, E);
+        for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->xb[i];
+    }
+
+    /* Final norm and logits, only for the rows asked for (by default the last token). */
+    int n_out = 0;
+    for (int t = 0; t < N; t++) {
+        bool want = b->logits ? b->logits[t] : t == N - 1;
+        if (!want) continue;
+        rmsnorm(c->xo + (size_t)n_out * E, c->x + (size_t)t * E, m->output_norm, E, hp->rms_eps);
+        n_out++;
+    }
+    if (n_out) ia_matmul(c->logits, c->xo, m->output.data, m->output.type, n_out, E, hp->n_vocab);
+    c->n_logits = n_out;
+    return IA_OK;
+}

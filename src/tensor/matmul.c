@@ -1,0 +1,174 @@
+/* matmul.c — Y = X·Wᵀ over any supported weight type: the plain reference, the OpenMP driver that
+ * runs the per-ISA kernels, the portable scalar kernel and run-time kernel selection. */
+#include "kernels.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <strings.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+/* ==== reference ==== */
+
+void ia_matmul_ref(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
+                   int n_out) {
+    /* dequantise a piece of the row (256 is a multiple of every block size), then a plain
+     * left-to-right f32 dot; Y[t][o] holds the running sum between pieces */
+    float w[IA_QK_K];
+    const size_t rs = ia_type_row_size(wtype, n_in);
+    const int64_t bs = ia_type_traits_get(wtype)->blck_size;
+    for (int o = 0; o < n_out; o++) {
+        const uint8_t *row = (const uint8_t *)W + (size_t)o * rs;
+        for (int t = 0; t < n_tok; t++) Y[(size_t)t * n_out + o] = 0.0f;
+        for (int k0 = 0; k0 < n_in; k0 += IA_QK_K) {
+            const int len = n_in - k0 < IA_QK_K ? n_in - k0 : IA_QK_K;
+            ia_dequantize_row(wtype, row + (size_t)(k0 / bs) * ia_type_traits_get(wtype)->type_size, w,
+                              len);
+            for (int t = 0; t < n_tok; t++) {
+                const float *x = X + (size_t)t * n_in + k0;
+                float s = Y[(size_t)t * n_out + o];
+                for (int k = 0; k < len; k++) s += w[k] * x[k];
+                Y[(size_t)t * n_out + o] = s;
+            }
+        }
+    }
+}
+
+/* ==== scalar kernel (portable; the fallback on non-x86 and old x86) ==== */
+
+static void dequant_scalar(uint32_t type, const void *row, int64_t k0, int len, float *out) {
+    const ia_type_traits *tt = ia_type_traits_get(type);
+    ia_dequantize_row(type, (const uint8_t *)row + (size_t)(k0 / tt->blck_size) * tt->type_size, out,
+                      len);
+}
+
+static void dot_scalar(const float *const *w, int len, const float *X, int64_t ldx, int n_tok,
+                       float *Y, int64_t ldy, int nr, bool accumulate) {
+    /* eight interleaved partial sums (i mod 8) so compilers can vectorise without reassociating */
+    const int nv = len & ~7;
+    for (int t = 0; t < n_tok; t++) {
+        const float *x = X + t * ldx;
+        for (int r = 0; r < nr; r++) {
+            const float *wr = w[r];
+            float a[8] = {0};
+            for (int k = 0; k < nv; k += 8)
+                for (int l = 0; l < 8; l++) a[l] += wr[k + l] * x[k + l];
+            float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+            for (int k = nv; k < len; k++) s += wr[k] * x[k];
+            float *y = Y + t * ldy + r;
+            *y = accumulate ? *y + s : s;
+        }
+    }
+}
+
+const ia_mm_kernel ia_mm_kernel_scalar = {"scalar", dequant_scalar, dot_scalar};
+
+/* ==== kernel selection ==== */
+
+#if defined(__x86_64__)
+/* clang's __builtin_cpu_supports does not know "f16c"; ask CPUID leaf 1 directly (ECX bit 29). */
+static bool cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
+static const ia_mm_kernel *kernel_by_name(const char *name) {
+    if (!name) return NULL;
+    if (strcasecmp(name, "scalar") == 0) return &ia_mm_kernel_scalar;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    /* F16C conversions are part of AVX-512F; the AVX2 path needs FMA and F16C besides */
+    if (strcasecmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && cpu_has_f16c())
+        return &ia_mm_kernel_avx2;
+    if (strcasecmp(name, "avx512") == 0 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        return &ia_mm_kernel_avx512;
+#endif
+    return NULL;
+}
+
+static const ia_mm_kernel *kernel_auto(void) {
+    const ia_mm_kernel *k = kernel_by_name(getenv("IA_KERNEL"));
+    if (!k) k = kernel_by_name("avx512");
+    if (!k) k = kernel_by_name("avx2");
+    if (!k) k = &ia_mm_kernel_scalar;
+    return k;
+}
+
+/* Resolved on first use; racing first calls store the same pointer. */
+static _Atomic(const ia_mm_kernel *) g_kernel;
+
+static const ia_mm_kernel *kernel_get(void) {
+    const ia_mm_kernel *k = atomic_load_explicit(&g_kernel, memory_order_acquire);
+    if (!k) {
+        k = kernel_auto();
+        atomic_store_explicit(&g_kernel, k, memory_order_release);
+    }
+    return k;
+}
+
+const char *ia_cpu_kernel_name(void) { return kernel_get()->name; }
+
+bool ia_kernel_available(const char *name) { return kernel_by_name(name) != NULL; }
+
+bool ia_kernel_force(const char *name) {
+    const ia_mm_kernel *k = name ? kernel_by_name(name) : kernel_auto();
+    if (!k) return false;
+    atomic_store_explicit(&g_kernel, k, memory_order_release);
+    return true;
+}
+
+void ia_dequantize_row_fast(uint32_t type, const void *src, float *dst, int64_t n) {
+    const ia_type_traits *tt = ia_type_traits_get(type);
+    IA_ASSERT(tt && tt->supported && n % tt->blck_size == 0);
+    const ia_mm_kernel *k = kernel_get();
+    for (int64_t k0 = 0; k0 < n; k0 += IA_MM_CHUNK) {
+        const int len = (int)(n - k0 < IA_MM_CHUNK ? n - k0 : IA_MM_CHUNK);
+        k->dequant(type, src, k0, len, dst + k0);
+    }
+}
+
+/* ==== driver ==== */
+
+void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
+               int n_out) {
+    const ia_type_traits *tt = ia_type_traits_get(wtype);
+    IA_ASSERT(tt && tt->supported && n_in % tt->blck_size == 0 && n_tok >= 0 && n_out >= 0);
+    if (n_tok == 0 || n_out == 0) return;
+    if (n_in == 0) {
+        memset(Y, 0, (size_t)n_tok * n_out * sizeof(float));
+        return;
+    }
+    const ia_mm_kernel *kern = kernel_get();
+    const size_t rs = ia_type_row_size(wtype, n_in);
+    const int n_blk = (n_out + IA_MM_ROWS - 1) / IA_MM_ROWS;
+    const bool is_f32 = wtype == IA_TYPE_F32;
+    /* threads only pay off past a few hundred thousand multiply-adds; the split never changes the
+     * result, since every (t, o) is computed whole by one thread with the same code */
+    const bool par = n_blk > 1 && (double)n_tok * n_in * n_out > 2e5;
+#pragma omp parallel for schedule(static) if (par)
+    for (int b = 0; b < n_blk; b++) {
+        float buf[IA_MM_ROWS][IA_MM_CHUNK] __attribute__((aligned(64)));
+        const float *w[IA_MM_ROWS];
+        const int o0 = b * IA_MM_ROWS;
+        const int nr = n_out - o0 < IA_MM_ROWS ? n_out - o0 : IA_MM_ROWS;
+        for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
+            const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK;
+            for (int r = 0; r < IA_MM_ROWS; r++) {
+                if (r >= nr) { w[r] = w[nr - 1]; continue; }
+                const uint8_t *row = (const uint8_t *)W + (size_t)(o0 + r) * rs;
+                if (is_f32) {
+                    w[r] = (const float *)row + k0; /* f32 rows are used in place */
+                } else {
+                    kern->dequant(wtype, row, k0, len, buf[r]);
+                    w[r] = buf[r];
+                }
+            }
+            kern->dot(w, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
+        }
+    }
+}

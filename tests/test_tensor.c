@@ -1,0 +1,776 @@
+/* test_tensor.c — tensor types: hand-built blocks, f16/bf16 rounding, quantiser error bounds, the
+ * SIMD dequantisers and every matmul kernel against the reference (plus batch/thread invariance).
+ * `test_tensor --dump DIR` writes quantised blocks and their C dequantisation for t_quants_py.sh. */
+#include "test_util.h"
+
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+#include <sys/stat.h>
+
+#include "tensor/tensor.h"
+
+static const uint32_t all_types[] = {IA_TYPE_F32, IA_TYPE_F16, IA_TYPE_BF16, IA_TYPE_Q8_0,
+                                     IA_TYPE_Q4_0, IA_TYPE_Q4_K, IA_TYPE_Q6_K};
+#define N_TYPES (int)(sizeof all_types / sizeof all_types[0])
+static const char *const kernels[] = {"scalar", "avx2", "avx512"};
+#define N_KERNELS 3
+
+static float f_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t bits_f(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    return p;
+}
+
+/* ==== block layouts ==== */
+
+static void test_block_layouts(void **state) {
+    (void)state;
+    assert_int_equal(sizeof(ia_block_q4_0), 18);
+    assert_int_equal(sizeof(ia_block_q8_0), 34);
+    assert_int_equal(sizeof(ia_block_q4_K), 144);
+    assert_int_equal(sizeof(ia_block_q6_K), 210);
+    assert_int_equal(offsetof(ia_block_q4_K, scales), 4);
+    assert_int_equal(offsetof(ia_block_q4_K, qs), 16);
+    assert_int_equal(offsetof(ia_block_q6_K, qh), 128);
+    assert_int_equal(offsetof(ia_block_q6_K, scales), 192);
+    assert_int_equal(offsetof(ia_block_q6_K, d), 208); /* d is last in Q6_K */
+    for (int i = 0; i < N_TYPES; i++) {
+        const ia_type_traits *t = ia_type_traits_get(all_types[i]);
+        assert_non_null(t);
+        assert_true(t->supported);
+    }
+    assert_int_equal(ia_type_traits_get(IA_TYPE_Q4_K)->type_size, sizeof(ia_block_q4_K));
+    assert_int_equal(ia_type_traits_get(IA_TYPE_Q6_K)->type_size, sizeof(ia_block_q6_K));
+}
+
+/* ==== hand-built blocks (expected values worked out from REFERENCE.md §1.3) ==== */
+
+/* Dequantises with the reference and with every available kernel's SIMD dequantiser. */
+static void dequant_all(uint32_t type, const void *src, float *dst, int64_t n) {
+    ia_dequantize_row(type, src, dst, n);
+    float *tmp = xmalloc((size_t)n * sizeof(float));
+    for (int k = 0; k < N_KERNELS; k++) {
+        if (!ia_kernel_force(kernels[k])) continue;
+        ia_dequantize_row_fast(type, src, tmp, n);
+        if (memcmp(tmp, dst, (size_t)n * sizeof(float)) != 0)
+            fail_msg("%s: %s dequantiser differs from the reference", ia_type_name(type), kernels[k]);
+    }
+    ia_kernel_force(NULL);
+    free(tmp);
+}
+
+static void test_hand_q4_0(void **state) {
+    (void)state;
+    ia_block_q4_0 b;
+    b.d = 0x3800; /* 0.5 */
+    for (int j = 0; j < 16; j++) b.qs[j] = (uint8_t)(j | ((15 - j) << 4));
+    float y[32];
+    dequant_all(IA_TYPE_Q4_0, &b, y, 32);
+    /* low nibble j -> y[j] = (j-8)*0.5; high nibble 15-j -> y[j+16] = (7-j)*0.5 */
+    assert_true(y[0] == -4.0f);
+    assert_true(y[8] == 0.0f);
+    assert_true(y[15] == 3.5f);
+    assert_true(y[16] == 3.5f);
+    assert_true(y[31] == -4.0f);
+    for (int j = 0; j < 16; j++) {
+        assert_true(y[j] == (float)(j - 8) * 0.5f);
+        assert_true(y[j + 16] == (float)(7 - j) * 0.5f);
+    }
+}
+
+static void test_hand_q8_0(void **state) {
+    (void)state;
+    ia_block_q8_0 b;
+    b.d = 0x3400; /* 0.25 */
+    for (int j = 0; j < 32; j++) b.qs[j] = (int8_t)(j * 8 - 128);
+    float y[32];
+    dequant_all(IA_TYPE_Q8_0, &b, y, 32);
+    assert_true(y[0] == -32.0f);  /* -128 * 0.25 */
+    assert_true(y[16] == 0.0f);   /* 0 */
+    assert_true(y[31] == 30.0f);  /* 120 * 0.25 */
+    assert_true(y[5] == -22.0f);  /* -88 * 0.25 */
+}
+
+static void test_hand_q4_K(void **state) {
+    (void)state;
+    /* sub-block scales sc = {1,2,3,4,17,33,50,63}, mins m = {5,6,7,8,20,40,61,16}; j >= 4 keep
+     * their low 4 bits in bytes 8..11 and their top 2 bits in bits 6-7 of bytes 0..7:
+     *   bytes 0-3: sc[j] | hi2(sc[j+4]) << 6 = 0x41 0x82 0xC3 0xC4
+     *   bytes 4-7: m[j]  | hi2(m[j+4])  << 6 = 0x45 0x86 0xC7 0x48
+     *   bytes 8-11: lo4(sc[j+4]) | lo4(m[j+4]) << 4 = 0x41 0x81 0xD2 0x0F */
+    static const uint8_t scales[12] = {0x41, 0x82, 0xC3, 0xC4, 0x45, 0x86, 0xC7, 0x48, 0x41, 0x81, 0xD2, 0x0F};
+    static const int sc[8] = {1, 2, 3, 4, 17, 33, 50, 63}, mn[8] = {5, 6, 7, 8, 20, 40, 61, 16};
+    ia_block_q4_K b;
+    b.d = 0x3C00;    /* 1.0 */
+    b.dmin = 0x3800; /* 0.5 */
+    memcpy(b.scales, scales, 12);
+    for (int i = 0; i < 128; i++) b.qs[i] = (uint8_t)((i % 16) | ((15 - i % 16) << 4));
+    float y[256];
+    dequant_all(IA_TYPE_Q4_K, &b, y, 256);
+    /* y[0]: chunk 0, low nibble of qs[0] = 0, sub-block 0: 1*1*0 - 0.5*5 */
+    assert_true(y[0] == -2.5f);
+    /* y[40]: chunk 0, high nibble of qs[8] = 7, sub-block 1: 2*7 - 0.5*6 = 11 */
+    assert_true(y[40] == 11.0f);
+    /* y[130]: chunk 2, low nibble of qs[66] = 2, sub-block 4 (sc 17, m 20): 34 - 10 = 24 */
+    assert_true(y[130] == 24.0f);
+    /* y[170]: chunk 2, high nibble of qs[74] = 15-10 = 5, sub-block 5 (33, 40): 165 - 20 = 145 */
+    assert_true(y[170] == 145.0f);
+    /* y[200]: chunk 3, low nibble of qs[104] = 8, sub-block 6 (50, 61): 400 - 30.5 = 369.5 */
+    assert_true(y[200] == 369.5f);
+    /* y[255]: chunk 3, high nibble of qs[127] = 0, sub-block 7 (63, 16): 0 - 8 = -8 */
+    assert_true(y[255] == -8.0f);
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++) {
+            const int q = 32 * c + l;
+            assert_true(y[64 * c + l] == (float)(sc[2 * c] * (b.qs[q] & 15)) - 0.5f * (float)mn[2 * c]);
+            assert_true(y[64 * c + 32 + l] ==
+                        (float)(sc[2 * c + 1] * (b.qs[q] >> 4)) - 0.5f * (float)mn[2 * c + 1]);
+        }
+}
+
+static void test_hand_q6_K(void **state) {
+    (void)state;
+    ia_block_q6_K b;
+    for (int i = 0; i < 128; i++) b.ql[i] = (uint8_t)i;
+    memset(b.qh, 0xE4, 64); /* 0b11100100: the 2-bit fields are 0,1,2,3 for q1..q4 */
+    for (int i = 0; i < 16; i++) b.scales[i] = (int8_t)(i - 8);
+    b.d = 0x4000; /* 2.0, stored last */
+    float y[256];
+    dequant_all(IA_TYPE_Q6_K, &b, y, 256);
+    /* y[0]: q1 = (ql[0]&15) | 0<<4 = 0, minus 32 = -32; scale[0] = -8: 2*-8*-32 */
+    assert_true(y[0] == 512.0f);
+    /* y[33]: l = 1, q2 = (ql[33]&15) | 1<<4 = 17 - 32 = -15; scale[2] = -6: 2*-6*-15 */
+    assert_true(y[33] == 180.0f);
+    /* y[81]: l = 17 (is 1), q3 = (ql[17]>>4) | 2<<4 = 33 - 32 = 1; scale[5] = -3 */
+    assert_true(y[81] == -6.0f);
+    /* y[127]: l = 31, q4 = (ql[63]>>4) | 3<<4 = 51 - 32 = 19; scale[7] = -1 */
+    assert_true(y[127] == -38.0f);
+    /* y[255]: second half (ql+64, scales+8), l = 31: q4 = (ql[127]>>4) | 48 = 55 - 32 = 23; scale[15] = 7 */
+    assert_true(y[255] == 322.0f);
+    /* y[128]: second half, l = 0: q1 = (ql[64]&15) | 0 = 0 - 32; scale[8] = 0 */
+    assert_true(y[128] == 0.0f);
+}
+
+static void test_hand_half(void **state) {
+    (void)state;
+    const uint16_t h[6] = {0x3C00, 0xC000, 0x0001, 0x7BFF, 0x7C00, 0x8000};
+    float y[6];
+    dequant_all(IA_TYPE_F16, h, y, 6);
+    assert_true(y[0] == 1.0f);
+    assert_true(y[1] == -2.0f);
+    assert_true(y[2] == 0x1p-24f);
+    assert_true(y[3] == 65504.0f);
+    assert_true(isinf(y[4]) && y[4] > 0);
+    assert_true(y[5] == 0.0f && signbit(y[5]));
+    const uint16_t bh[4] = {0x3F80, 0xC040, 0x0001, 0x7F80};
+    dequant_all(IA_TYPE_BF16, bh, y, 4);
+    assert_true(y[0] == 1.0f);
+    assert_true(y[1] == -3.0f);
+    assert_true(bits_f(y[2]) == 0x00010000u); /* a float subnormal */
+    assert_true(isinf(y[3]));
+}
+
+/* ==== f16 / bf16 rounding ==== */
+
+static void test_fp16_rounding(void **state) {
+    (void)state;
+    struct { float f; uint16_t h; } cases[] = {
+        {1.0f, 0x3C00}, {-2.0f, 0xC000}, {0.0f, 0x0000}, {-0.0f, 0x8000},
+        {65504.0f, 0x7BFF},              /* largest finite */
+        {65519.996f, 0x7BFF},            /* just under the halfway point to 65536 */
+        {65520.0f, 0x7C00},              /* halfway to 2^16: ties to even = infinity */
+        {1e10f, 0x7C00}, {-1e10f, 0xFC00},
+        {0x1p-24f, 0x0001},              /* smallest subnormal */
+        {0x1p-25f, 0x0000},              /* half of it: ties to even = 0 */
+        {0x1.000002p-25f, 0x0001},       /* just above half: rounds up */
+        {0x3p-25f, 0x0002},              /* 1.5 subnormal ulps: tie -> even (2) */
+        {0x5p-25f, 0x0002},              /* 2.5 ulps: tie -> even (2) */
+        {0x1p-14f, 0x0400},              /* smallest normal */
+        {0x1p-14f - 0x1p-25f, 0x0400},   /* halfway between 0x03FF and 0x0400: even is 0x0400 */
+        {0x3FFp-24f, 0x03FF},            /* largest subnormal */
+        {1.0f + 0x1p-11f, 0x3C00},       /* tie between 1 and 1+2^-10: even */
+        {1.0f + 0x3p-11f, 0x3C02},       /* tie between 0x3C01 and 0x3C02: even */
+        {1.0f + 0x1p-11f + 0x1p-20f, 0x3C01},
+        {-(1.0f + 0x3p-11f), 0xBC02},
+        {INFINITY, 0x7C00}, {-INFINITY, 0xFC00},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const uint16_t got = ia_fp32_to_fp16(cases[i].f);
+        if (got != cases[i].h) fail_msg("fp16(%a) = 0x%04x, want 0x%04x", (double)cases[i].f, got, cases[i].h);
+    }
+    const uint16_t nan = ia_fp32_to_fp16(NAN);
+    assert_true((nan & 0x7C00) == 0x7C00 && (nan & 0x3FF) != 0);
+    /* every finite half survives f16 -> f32 -> f16, and every NaN stays a NaN */
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = ia_fp16_to_fp32((uint16_t)h);
+        const uint16_t back = ia_fp32_to_fp16(f);
+        if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF)) {
+            assert_true(isnan(f));
+            assert_true((back & 0x7C00) == 0x7C00 && (back & 0x3FF));
+        } else if (back != h) {
+            fail_msg("half 0x%04x -> %a -> 0x%04x", h, (double)f, back);
+        }
+    }
+    /* random floats near the half range: the result is the nearest half, ties to even */
+    ia_rng r;
+    ia_rng_seed(&r, 7);
+    for (int i = 0; i < 200000; i++) {
+        const float f = f_bits((uint32_t)(ia_rng_next(&r) & 0x807FFFFFu) | ((uint32_t)(100 + ia_rng_next(&r) % 45) << 23));
+        const uint16_t h = ia_fp32_to_fp16(f);
+        const double v = ia_fp16_to_fp32(h), af = fabs((double)f);
+        if (isinf(v)) { assert_true(af >= 65520.0); continue; }
+        /* neighbours of h (same sign) must not be strictly closer; on a tie h must be even */
+        const uint16_t mag = h & 0x7FFF;
+        const double lo = mag ? fabs((double)ia_fp16_to_fp32((uint16_t)(mag - 1))) : 0.0;
+        const double hi = mag < 0x7BFF ? fabs((double)ia_fp16_to_fp32((uint16_t)(mag + 1))) : 65536.0;
+        const double e = fabs(fabs(v) - af);
+        if (e > fabs(lo - af) || e > fabs(hi - af)) fail_msg("fp16(%a) = 0x%04x is not nearest", (double)f, h);
+        if ((e == fabs(lo - af) || e == fabs(hi - af)) && e != 0.0 && (h & 1)) fail_msg("fp16(%a): tie not to even", (double)f);
+    }
+}
+
+static void test_bf16_rounding(void **state) {
+    (void)state;
+    struct { float f; uint16_t h; } cases[] = {
+        {1.0f, 0x3F80}, {-3.0f, 0xC040}, {-0.0f, 0x8000},
+        {1.0f + 0x1p-8f, 0x3F80},             /* tie: even */
+        {1.0f + 0x3p-8f, 0x3F82},             /* tie: even */
+        {1.0f + 0x1p-8f + 0x1p-20f, 0x3F81},  /* above the tie */
+        {FLT_MAX, 0x7F80},                    /* rounds up to infinity */
+        {INFINITY, 0x7F80}, {-INFINITY, 0xFF80},
+        {0x1p-133f, 0x0001},                  /* a float subnormal that is exactly a bf16 subnormal */
+        {0x1p-149f, 0x0000},                  /* the smallest float subnormal rounds to 0 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const uint16_t got = ia_fp32_to_bf16(cases[i].f);
+        if (got != cases[i].h) fail_msg("bf16(%a) = 0x%04x, want 0x%04x", (double)cases[i].f, got, cases[i].h);
+    }
+    /* NaNs are quieted and stay NaN even when the payload sits in the dropped bits */
+    assert_int_equal(ia_fp32_to_bf16(f_bits(0x7F800001u)), 0x7FC0);
+    assert_int_equal(ia_fp32_to_bf16(f_bits(0xFFC00000u)), 0xFFC0);
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = ia_bf16_to_fp32((uint16_t)h);
+        assert_true(bits_f(f) == h << 16);
+        if (!isnan(f)) assert_int_equal(ia_fp32_to_bf16(f), h);
+    }
+}
+
+/* ==== quantise -> dequantise error bounds ==== */
+
+/* Random rows: normal, uniform, heavy outliers, tiny and large magnitudes, constants, zeros. */
+static void gen_row(ia_rng *r, float *x, int n, int kind) {
+    for (int i = 0; i < n; i++) {
+        switch (kind % 7) {
+        case 0: x[i] = ia_rng_normal(r); break;
+        case 1: x[i] = (float)(ia_rng_uniform(r) * 2.0 - 1.0) * 3.0f; break;
+        case 2: x[i] = ia_rng_normal(r) * (ia_rng_uniform(r) < 0.02 ? 50.0f : 1.0f); break;
+        case 3: x[i] = ia_rng_normal(r) * 1e-3f; break;
+        case 4: x[i] = ia_rng_normal(r) * 300.0f; break;
+        case 5: x[i] = 0.75f; break;
+        default: x[i] = (i % 97 == 3) ? -2.0f : 0.0f; break;
+        }
+    }
+}
+
+static double dist_outside(double x, double lo, double hi) { return x < lo ? lo - x : x > hi ? x - hi : 0.0; }
+
+/* Per-element bounds (all exact consequences of the formats' rounding rules):
+ *  F32: exact.  F16: |e| <= 2^-11 |x| (normal range).  BF16: |e| <= 2^-8 |x|.
+ *  Q8_0: |e| <= d32*(1/2 + 2^-16) + 127*|d32 - d16|  (d32 = amax/127 before f16 rounding).
+ *  Q4_0: |e| <= |d32|*(1/2 + 2^-16) + 8|d32 - d16| where x/d32 <= 7.5, else <= |d32| + 8|d32-d16|
+ *        (the top level clamps at +7); the largest-|x| element decodes to exactly -8*d16.
+ *  Q4_K / Q6_K: each element is rounded to the nearest level of its sub-block, so
+ *        |e| <= step/2 * (1 + 1e-5) + its distance outside the sub-block's level range.
+ * Plus root-mean-square bounds on normal data (relative to the data's rms): Q8_0 0.007, Q4_0 0.10,
+ * Q4_K 0.085, Q6_K 0.022 (measured 0.0054, 0.086, 0.072, 0.018 with seed 1). */
+static void check_quant_block_bounds(uint32_t type, const float *x, const void *q, const float *y, int n) {
+    if (type == IA_TYPE_F32) {
+        assert_memory_equal(x, y, (size_t)n * 4);
+    } else if (type == IA_TYPE_F16 || type == IA_TYPE_BF16) {
+        const double rel = type == IA_TYPE_F16 ? 0x1p-11 : 0x1p-8;
+        for (int i = 0; i < n; i++) {
+            if (type == IA_TYPE_F16 && fabsf(x[i]) < 0x1p-14f) {
+                assert_true(fabs((double)x[i] - y[i]) <= 0x1p-25); /* half a subnormal ulp */
+            } else if (fabs((double)x[i] - y[i]) > rel * fabs((double)x[i])) {
+                fail_msg("%s: x=%g y=%g", ia_type_name(type), (double)x[i], (double)y[i]);
+            }
+        }
+    } else if (type == IA_TYPE_Q8_0) {
+        const ia_block_q8_0 *b = q;
+        for (int ib = 0; ib < n / 32; ib++) {
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * ib + j]));
+            const double d32 = amax / 127.0f, d16 = ia_fp16_to_fp32(b[ib].d);
+            const double bound = d32 * (0.5 + 0x1p-16) + 127.0 * fabs(d32 - d16);
+            for (int j = 0; j < 32; j++) {
+                const double e = fabs((double)x[32 * ib + j] - y[32 * ib + j]);
+                if (e > bound) fail_msg("Q8_0 block %d elem %d: error %g > bound %g", ib, j, e, bound);
+            }
+        }
+    } else if (type == IA_TYPE_Q4_0) {
+        const ia_block_q4_0 *b = q;
+        for (int ib = 0; ib < n / 32; ib++) {
+            const float *xb = x + 32 * ib;
+            float amax = 0, max = 0;
+            int imax = 0;
+            for (int j = 0; j < 32; j++)
+                if (fabsf(xb[j]) > amax) { amax = fabsf(xb[j]); max = xb[j]; imax = j; }
+            const double d32 = max / -8.0f, d16 = ia_fp16_to_fp32(b[ib].d);
+            if (amax > 0) assert_true(y[32 * ib + imax] == -8.0f * (float)d16);
+            for (int j = 0; j < 32; j++) {
+                const double ratio = d32 != 0 ? xb[j] / d32 : 0;
+                const double bound = fabs(d32) * (ratio <= 7.5 ? 0.5 + 0x1p-16 : 1.0 + 0x1p-16) + 8.0 * fabs(d32 - d16);
+                const double e = fabs((double)xb[j] - y[32 * ib + j]);
+                if (e > bound) fail_msg("Q4_0 block %d elem %d: error %g > bound %g", ib, j, e, bound);
+            }
+        }
+    } else if (type == IA_TYPE_Q4_K) {
+        const ia_block_q4_K *b = q;
+        for (int ib = 0; ib < n / 256; ib++) {
+            /* level range of each sub-block from the decoded values themselves: y = step*q - min */
+            const float d = ia_fp16_to_fp32(b[ib].d), dmin = ia_fp16_to_fp32(b[ib].dmin);
+            for (int j = 0; j < 8; j++) {
+                int sc, m;
+                const uint8_t *s = b[ib].scales;
+                if (j < 4) { sc = s[j] & 63; m = s[j + 4] & 63; }
+                else { sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4); m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4); }
+                const double step = (double)(d * (float)sc), lo = -(double)(dmin * (float)m), hi = lo + 15 * step;
+                for (int l = 0; l < 32; l++) {
+                    const int i = 256 * ib + 32 * j + l;
+                    const double e = fabs((double)x[i] - y[i]);
+                    const double bound = step / 2 + 1e-5 * step + 1e-6 * (fabs(lo) + fabs(hi)) + dist_outside(x[i], lo, hi);
+                    if (e > bound) fail_msg("Q4_K block %d sub %d: |%g - %g| > %g", ib, j, (double)x[i], (double)y[i], bound);
+                }
+            }
+        }
+    } else if (type == IA_TYPE_Q6_K) {
+        const ia_block_q6_K *b = q;
+        for (int ib = 0; ib < n / 256; ib++) {
+            const float d = ia_fp16_to_fp32(b[ib].d);
+            for (int j = 0; j < 16; j++) {
+                /* levels ds*q for q in -32..31; ds may be negative */
+                const double ds = (double)(d * (float)b[ib].scales[j]), step = fabs(ds);
+                const double lo = fmin(-32 * ds, 31 * ds), hi = fmax(-32 * ds, 31 * ds);
+                for (int l = 0; l < 16; l++) {
+                    const int i = 256 * ib + 16 * j + l;
+                    const double e = fabs((double)x[i] - y[i]);
+                    const double bound = step / 2 + 1e-5 * step + 1e-6 * hi + dist_outside(x[i], lo, hi);
+                    if (e > bound) fail_msg("Q6_K block %d sub %d: |%g - %g| > %g", ib, j, (double)x[i], (double)y[i], bound);
+                }
+            }
+        }
+    }
+}
+
+static void test_quant_roundtrip_bounds(void **state) {
+    (void)state;
+    enum { N = 1024, ROWS = 28 };
+    float *x = xmalloc(N * 4), *y = xmalloc(N * 4);
+    uint8_t *q = xmalloc(ia_type_row_size(IA_TYPE_F32, N));
+    ia_rng r;
+    ia_rng_seed(&r, 1);
+    static const double rms_bound[] = {0, 0x1p-11, 0x1p-8, 0.007, 0.10, 0.085, 0.022};
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const uint32_t type = all_types[ti];
+        double se = 0, ss = 0;
+        for (int row = 0; row < ROWS; row++) {
+            gen_row(&r, x, N, row);
+            const size_t bytes = ia_quantize_row(type, x, q, N);
+            assert_int_equal(bytes, ia_type_row_size(type, N));
+            ia_dequantize_row(type, q, y, N);
+            check_quant_block_bounds(type, x, q, y, N);
+            if (row % 7 == 0)
+                for (int i = 0; i < N; i++) { se += (double)(x[i] - y[i]) * (x[i] - y[i]); ss += (double)x[i] * x[i]; }
+        }
+        const double rel = sqrt(se / ss);
+        print_message("# %-5s quantise->dequantise rms error %.5f of rms (bound %.5f)\n", ia_type_name(type), rel, rms_bound[ti]);
+        if (rel > rms_bound[ti]) fail_msg("%s: rms error %g > %g", ia_type_name(type), rel, rms_bound[ti]);
+    }
+    free(x);
+    free(y);
+    free(q);
+}
+
+static void test_quant_zero_and_stable(void **state) {
+    (void)state;
+    enum { N = 512 };
+    float x[N], y[N], y2[N];
+    uint8_t q[N * 4], q2[N * 4];
+    ia_rng r;
+    ia_rng_seed(&r, 3);
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const uint32_t type = all_types[ti];
+        memset(x, 0, sizeof x);
+        ia_quantize_row(type, x, q, N);
+        ia_dequantize_row(type, q, y, N);
+        for (int i = 0; i < N; i++) assert_true(y[i] == 0.0f);
+        /* Q8_0 and Q4_0 are idempotent: re-quantising decoded values gives the same bytes (so a
+         * model read and written again does not drift) */
+        gen_row(&r, x, N, 0);
+        const size_t nb = ia_quantize_row(type, x, q, N);
+        ia_dequantize_row(type, q, y, N);
+        ia_quantize_row(type, y, q2, N);
+        ia_dequantize_row(type, q2, y2, N);
+        if (type != IA_TYPE_Q4_K && type != IA_TYPE_Q6_K) {
+            assert_memory_equal(q, q2, nb);
+        } else { /* K-quants: the second pass is no worse than one more step away */
+            double e1 = 0, e2 = 0;
+            for (int i = 0; i < N; i++) { e1 += (double)(x[i] - y[i]) * (x[i] - y[i]); e2 += (double)(y[i] - y2[i]) * (y[i] - y2[i]); }
+            assert_true(e2 <= e1);
+        }
+    }
+}
+
+/* ==== SIMD dequantisers on random bytes ==== */
+
+/* Random bytes with finite, varied f16 scales. */
+static void random_blocks(ia_rng *r, uint32_t type, uint8_t *q, int n) {
+    const size_t bytes = ia_type_row_size(type, n);
+    for (size_t i = 0; i < bytes; i++) q[i] = (uint8_t)ia_rng_next(r);
+    const int nb = n / (int)ia_type_traits_get(type)->blck_size;
+    for (int i = 0; i < nb; i++) {
+        const uint16_t d1 = ia_fp32_to_fp16(ia_rng_normal(r) * ldexpf(1.0f, (int)(ia_rng_next(r) % 20) - 12));
+        const uint16_t d2 = ia_fp32_to_fp16(ia_rng_normal(r) * 0.01f);
+        switch (type) {
+        case IA_TYPE_Q8_0: ((ia_block_q8_0 *)q)[i].d = d1; break;
+        case IA_TYPE_Q4_0: ((ia_block_q4_0 *)q)[i].d = d1; break;
+        case IA_TYPE_Q4_K: ((ia_block_q4_K *)q)[i].d = d1; ((ia_block_q4_K *)q)[i].dmin = d2; break;
+        case IA_TYPE_Q6_K: ((ia_block_q6_K *)q)[i].d = d1; break;
+        case IA_TYPE_F16: ((uint16_t *)q)[i] = (((uint16_t *)q)[i] & 0x7C00) == 0x7C00 ? d1 : ((uint16_t *)q)[i]; break;
+        default: break;
+        }
+    }
+}
+
+static void test_fast_dequant_matches(void **state) {
+    (void)state;
+    enum { N = 2048 + 512 + 256 }; /* several IA_MM_CHUNK pieces plus a partial one */
+    uint8_t *q = xmalloc(N * 4);
+    float *y = xmalloc(N * 4);
+    ia_rng r;
+    ia_rng_seed(&r, 11);
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        for (int rep = 0; rep < 4; rep++) {
+            random_blocks(&r, all_types[ti], q, N);
+            if (all_types[ti] == IA_TYPE_BF16) /* no NaN bit patterns: their payloads may differ */
+                for (int i = 0; i < N; i++)
+                    if ((((uint16_t *)q)[i] & 0x7F80) == 0x7F80) ((uint16_t *)q)[i] = 0x3F80;
+            dequant_all(all_types[ti], q, y, N);
+            dequant_all(all_types[ti], q, y, N - (all_types[ti] == IA_TYPE_F16 || all_types[ti] == IA_TYPE_BF16 || all_types[ti] == IA_TYPE_F32 ? 13 : 0));
+        }
+    }
+    free(q);
+    free(y);
+}
+
+/* ==== matmul ==== */
+
+typedef struct mm_case {
+    uint32_t type;
+    int n_in, n_out, n_tok;
+} mm_case;
+
+static uint8_t *make_weights(ia_rng *r, uint32_t type, int n_in, int n_out, bool exact) {
+    const size_t rs = ia_type_row_size(type, n_in);
+    uint8_t *W = xmalloc(rs * (size_t)n_out);
+    float *row = xmalloc((size_t)n_in * 4);
+    for (int o = 0; o < n_out; o++) {
+        uint8_t *dst = W + (size_t)o * rs;
+        if (!exact) {
+            for (int i = 0; i < n_in; i++) row[i] = ia_rng_normal(r) * (o % 5 == 2 ? 0.05f : 1.0f);
+            ia_quantize_row(type, row, dst, n_in);
+            continue;
+        }
+        /* exact mode: values whose products with small-integer activations and all partial sums are
+         * exactly representable, so every summation order gives the same bits */
+        random_blocks(r, type, dst, n_in);
+        const int nb = n_in / (int)ia_type_traits_get(type)->blck_size;
+        for (int i = 0; i < nb; i++) {
+            switch (type) {
+            case IA_TYPE_F32: ((float *)dst)[i] = (float)((int)(ia_rng_next(r) % 17) - 8); break;
+            case IA_TYPE_F16: ((uint16_t *)dst)[i] = ia_fp32_to_fp16((float)((int)(ia_rng_next(r) % 17) - 8)); break;
+            case IA_TYPE_BF16: ((uint16_t *)dst)[i] = ia_fp32_to_bf16((float)((int)(ia_rng_next(r) % 17) - 8)); break;
+            case IA_TYPE_Q8_0: ((ia_block_q8_0 *)dst)[i].d = 0x3C00; break;
+            case IA_TYPE_Q4_0: ((ia_block_q4_0 *)dst)[i].d = 0x3800; break;
+            case IA_TYPE_Q4_K: ((ia_block_q4_K *)dst)[i].d = 0x3C00; ((ia_block_q4_K *)dst)[i].dmin = 0x3800; break;
+            case IA_TYPE_Q6_K: {
+                ia_block_q6_K *b = (ia_block_q6_K *)dst + i;
+                b->d = 0x3C00;
+                for (int j = 0; j < 16; j++) b->scales[j] = (int8_t)((int)(ia_rng_next(r) % 32) - 16);
+                break;
+            }
+            default: break;
+            }
+        }
+    }
+    free(row);
+    return W;
+}
+
+static float *make_acts(ia_rng *r, int n_tok, int n_in, bool exact) {
+    float *X = xmalloc((size_t)n_tok * n_in * 4);
+    for (size_t i = 0; i < (size_t)n_tok * n_in; i++)
+        X[i] = exact ? (float)((int)(ia_rng_next(r) % 7) - 3) : ia_rng_normal(r);
+    return X;
+}
+
+static const mm_case mm_cases[] = {
+    /* n_in a multiple of the block size (and of IA_MM_CHUNK or not), n_out around the 8-row blocking */
+    {IA_TYPE_F32, 1, 1, 1},       {IA_TYPE_F32, 7, 9, 3},       {IA_TYPE_F32, 33, 17, 67},
+    {IA_TYPE_F32, 517, 13, 5},    {IA_TYPE_F32, 1029, 8, 2},    {IA_TYPE_F16, 15, 7, 4},
+    {IA_TYPE_F16, 520, 11, 9},    {IA_TYPE_F16, 1536, 19, 2},   {IA_TYPE_BF16, 3, 5, 1},
+    {IA_TYPE_BF16, 777, 23, 6},   {IA_TYPE_Q8_0, 32, 1, 1},     {IA_TYPE_Q8_0, 96, 15, 67},
+    {IA_TYPE_Q8_0, 576, 31, 16},  {IA_TYPE_Q8_0, 1536, 9, 3},   {IA_TYPE_Q4_0, 64, 3, 2},
+    {IA_TYPE_Q4_0, 544, 25, 7},   {IA_TYPE_Q4_0, 1056, 12, 33}, {IA_TYPE_Q4_K, 256, 1, 1},
+    {IA_TYPE_Q4_K, 768, 17, 5},   {IA_TYPE_Q4_K, 1536, 10, 16}, {IA_TYPE_Q6_K, 256, 9, 67},
+    {IA_TYPE_Q6_K, 1280, 13, 3},  {IA_TYPE_Q6_K, 512, 8, 1},
+};
+#define N_MM_CASES (int)(sizeof mm_cases / sizeof mm_cases[0])
+
+/* With small-integer data every operation is exact: each kernel, the reference and a double
+ * computation must agree bit for bit. Catches any misplaced element, scale or tail. */
+static void test_matmul_exact(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 21);
+    for (int c = 0; c < N_MM_CASES; c++) {
+        const mm_case *mc = &mm_cases[c];
+        uint8_t *W = make_weights(&r, mc->type, mc->n_in, mc->n_out, true);
+        float *X = make_acts(&r, mc->n_tok, mc->n_in, true);
+        const size_t ny = (size_t)mc->n_tok * mc->n_out;
+        float *Yr = xmalloc(ny * 4), *Yf = xmalloc(ny * 4), *w = xmalloc((size_t)mc->n_in * 4);
+        ia_matmul_ref(Yr, X, W, mc->type, mc->n_tok, mc->n_in, mc->n_out);
+        for (int o = 0; o < mc->n_out; o++) {
+            ia_dequantize_row(mc->type, W + (size_t)o * ia_type_row_size(mc->type, mc->n_in), w, mc->n_in);
+            for (int t = 0; t < mc->n_tok; t++) {
+                double s = 0;
+                for (int i = 0; i < mc->n_in; i++) s += (double)w[i] * X[(size_t)t * mc->n_in + i];
+                if ((double)Yr[(size_t)t * mc->n_out + o] != s) fail_msg("ref %s case %d: %g != %g", ia_type_name(mc->type), c, (double)Yr[t * mc->n_out + o], s);
+            }
+        }
+        for (int k = 0; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k])) continue;
+            memset(Yf, 0xFF, ny * 4);
+            ia_matmul(Yf, X, W, mc->type, mc->n_tok, mc->n_in, mc->n_out);
+            if (memcmp(Yf, Yr, ny * 4) != 0)
+                fail_msg("%s %s %dx%d n_tok %d: differs from the exact result", kernels[k], ia_type_name(mc->type), mc->n_out, mc->n_in, mc->n_tok);
+        }
+        ia_kernel_force(NULL);
+        free(W); free(X); free(Yr); free(Yf); free(w);
+    }
+}
+
+/* Random data. Tolerance, the same for every type because every kernel's dequantisation is exact
+ * (test_fast_dequant_matches): any f32 summation order, FMA or not, is within
+ * gamma_n * sum|w_i x_i| of the exact dot (gamma_n = n u / (1 - n u), u = 2^-24), so each kernel and
+ * the reference must be within that of a double computation. */
+static void test_matmul_vs_ref(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 22);
+    double worst[N_KERNELS] = {0};
+    for (int c = 0; c < N_MM_CASES; c++) {
+        const mm_case *mc = &mm_cases[c];
+        uint8_t *W = make_weights(&r, mc->type, mc->n_in, mc->n_out, false);
+        float *X = make_acts(&r, mc->n_tok, mc->n_in, false);
+        const size_t ny = (size_t)mc->n_tok * mc->n_out;
+        float *Yr = xmalloc(ny * 4), *Yf = xmalloc(ny * 4), *w = xmalloc((size_t)mc->n_in * 4);
+        double *exact = xmalloc(ny * 8), *mag = xmalloc(ny * 8);
+        for (int o = 0; o < mc->n_out; o++) {
+            ia_dequantize_row(mc->type, W + (size_t)o * ia_type_row_size(mc->type, mc->n_in), w, mc->n_in);
+            for (int t = 0; t < mc->n_tok; t++) {
+                double s = 0, a = 0;
+                for (int i = 0; i < mc->n_in; i++) {
+                    const double p = (double)w[i] * X[(size_t)t * mc->n_in + i];
+                    s += p;
+                    a += fabs(p);
+                }
+                exact[(size_t)t * mc->n_out + o] = s;
+                mag[(size_t)t * mc->n_out + o] = a;
+            }
+        }
+        const double u = 0x1p-24, gamma = mc->n_in * u / (1 - mc->n_in * u);
+        ia_matmul_ref(Yr, X, W, mc->type, mc->n_tok, mc->n_in, mc->n_out);
+        for (size_t i = 0; i < ny; i++)
+            if (fabs(Yr[i] - exact[i]) > gamma * mag[i]) fail_msg("ref case %d: error beyond gamma_n", c);
+        for (int k = 0; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k])) continue;
+            ia_matmul(Yf, X, W, mc->type, mc->n_tok, mc->n_in, mc->n_out);
+            for (size_t i = 0; i < ny; i++) {
+                const double e = fabs(Yf[i] - exact[i]);
+                if (e > gamma * mag[i])
+                    fail_msg("%s %s %dx%d n_tok %d [%zu]: %g vs exact %g, error %g > %g", kernels[k], ia_type_name(mc->type),
+                             mc->n_out, mc->n_in, mc->n_tok, i, (double)Yf[i], exact[i], e, gamma * mag[i]);
+                if (mag[i] > 0 && e / (u * mag[i]) > worst[k]) worst[k] = e / (u * mag[i]);
+            }
+        }
+        ia_kernel_force(NULL);
+        free(W); free(X); free(Yr); free(Yf); free(w); free(exact); free(mag);
+    }
+    for (int k = 0; k < N_KERNELS; k++)
+        if (ia_kernel_available(kernels[k]))
+            print_message("# %-6s worst |y - exact| = %.2f u * sum|w x| (allowed: n_in u)\n", kernels[k], worst[k]);
+}
+
+/* Row t of a batched call equals the n_tok = 1 call on row t (and any sub-batch), bit for bit. */
+static void test_matmul_batch_invariance(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 23);
+    enum { NT = 67 };
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const uint32_t type = all_types[ti];
+        const int n_in = type == IA_TYPE_F32 || type == IA_TYPE_F16 || type == IA_TYPE_BF16 ? 1037 : 1280;
+        const int n_out = 21;
+        uint8_t *W = make_weights(&r, type, n_in, n_out, false);
+        float *X = make_acts(&r, NT, n_in, false);
+        float *Yb = xmalloc((size_t)NT * n_out * 4), *Y1 = xmalloc((size_t)NT * n_out * 4);
+        for (int k = 0; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k])) continue;
+            ia_matmul(Yb, X, W, type, NT, n_in, n_out);
+            for (int t = 0; t < NT; t++) ia_matmul(Y1 + (size_t)t * n_out, X + (size_t)t * n_in, W, type, 1, n_in, n_out);
+            if (memcmp(Yb, Y1, (size_t)NT * n_out * 4) != 0) fail_msg("%s %s: batched != single", kernels[k], ia_type_name(type));
+            /* odd sub-batches starting at odd rows */
+            for (int t0 = 1, len = 3; t0 + len <= NT; t0 += len, len += 2) {
+                ia_matmul(Y1, X + (size_t)t0 * n_in, W, type, len, n_in, n_out);
+                if (memcmp(Y1, Yb + (size_t)t0 * n_out, (size_t)len * n_out * 4) != 0)
+                    fail_msg("%s %s: sub-batch %d+%d differs", kernels[k], ia_type_name(type), t0, len);
+            }
+        }
+        ia_kernel_force(NULL);
+        free(W); free(X); free(Yb); free(Y1);
+    }
+}
+
+/* 1, 2 and 3 threads give the same bits (the shapes are big enough for the parallel path). */
+static void test_matmul_thread_invariance(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 24);
+    const int saved = ia_get_threads();
+    const int n_in = 1536, n_out = 83, n_tok = 5;
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const uint32_t type = all_types[ti];
+        uint8_t *W = make_weights(&r, type, n_in, n_out, false);
+        float *X = make_acts(&r, n_tok, n_in, false);
+        const size_t ny = (size_t)n_tok * n_out;
+        float *Y1 = xmalloc(ny * 4), *Y2 = xmalloc(ny * 4);
+        for (int k = 0; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k])) continue;
+            ia_set_threads(1);
+            ia_matmul(Y1, X, W, type, n_tok, n_in, n_out);
+            for (int nt = 2; nt <= 3; nt++) {
+                ia_set_threads(nt);
+                ia_matmul(Y2, X, W, type, n_tok, n_in, n_out);
+                if (memcmp(Y1, Y2, ny * 4) != 0) fail_msg("%s %s: 1 vs %d threads differ", kernels[k], ia_type_name(type), nt);
+            }
+        }
+        ia_kernel_force(NULL);
+        free(W); free(X); free(Y1); free(Y2);
+    }
+    ia_set_threads(saved);
+}
+
+static void test_matmul_degenerate(void **state) {
+    (void)state;
+    float X[4] = {1, 2, 3, 4}, Y[4] = {5, 5, 5, 5};
+    const float W[4] = {1, 1, 1, 1};
+    ia_matmul(Y, X, W, IA_TYPE_F32, 0, 4, 1); /* no tokens: Y untouched */
+    assert_true(Y[0] == 5.0f);
+    ia_matmul(Y, X, W, IA_TYPE_F32, 2, 0, 2); /* empty rows: zeros */
+    for (int i = 0; i < 4; i++) assert_true(Y[i] == 0.0f);
+    ia_matmul(Y, X, W, IA_TYPE_F32, 1, 4, 1);
+    assert_true(Y[0] == 10.0f);
+}
+
+static void test_kernel_selection(void **state) {
+    (void)state;
+    ia_kernel_force(NULL);
+    assert_true(ia_kernel_available("scalar"));
+    assert_false(ia_kernel_available("neon-ish"));
+    assert_false(ia_kernel_force("neon-ish"));
+    const char *best = ia_cpu_kernel_name();
+    print_message("# kernel: %s (avx2 %s, avx512 %s)\n", best, ia_kernel_available("avx2") ? "yes" : "no",
+                  ia_kernel_available("avx512") ? "yes" : "no");
+    setenv("IA_KERNEL", "scalar", 1);
+    assert_true(ia_kernel_force(NULL));
+    assert_string_equal(ia_cpu_kernel_name(), "scalar");
+    setenv("IA_KERNEL", "bogus", 1); /* unknown or unavailable: the automatic choice */
+    assert_true(ia_kernel_force(NULL));
+    unsetenv("IA_KERNEL");
+    assert_true(ia_kernel_force(NULL));
+    assert_string_equal(ia_cpu_kernel_name(), best);
+    for (int k = 0; k < N_KERNELS; k++)
+        if (ia_kernel_force(kernels[k])) assert_string_equal(ia_cpu_kernel_name(), kernels[k]);
+    ia_kernel_force(NULL);
+}
+
+/* ==== --dump DIR: data for tests/t_quants_py.sh ==== */
+
+/* Writes DIR/<TYPE>.q (blocks) and DIR/<TYPE>.f32 (the C dequantisation) for every type, plus
+ * DIR/manifest.txt lines "<type id> <name> <n elements>". Blocks: quantised random rows of several
+ * kinds, random bytes with finite scales, and for F16/BF16 every bit pattern. */
+static int dump(const char *dir) {
+    char path[1024];
+    mkdir(dir, 0777);
+    snprintf(path, sizeof path, "%s/manifest.txt", dir);
+    FILE *man = fopen(path, "w");
+    if (!man) { fprintf(stderr, "cannot write %s\n", path); return 1; }
+    ia_rng r;
+    ia_rng_seed(&r, 99);
+    enum { NQ = 256 * 16, NR = 256 * 16 };
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const uint32_t type = all_types[ti];
+        const bool half = type == IA_TYPE_F16 || type == IA_TYPE_BF16;
+        const int n = NQ * 7 + NR + (half ? 65536 : 0);
+        uint8_t *q = xmalloc(ia_type_row_size(type, n));
+        float *x = xmalloc((size_t)n * 4), *y = xmalloc((size_t)n * 4);
+        size_t off = 0;
+        for (int kind = 0; kind < 7; kind++) {
+            gen_row(&r, x, NQ, kind);
+            off += ia_quantize_row(type, x, q + off, NQ);
+        }
+        random_blocks(&r, type, q + off, NR);
+        off += ia_type_row_size(type, NR);
+        if (half)
+            for (uint32_t h = 0; h < 65536; h++) ((uint16_t *)(q + off))[h] = (uint16_t)h;
+        ia_dequantize_row(type, q, y, n);
+        snprintf(path, sizeof path, "%s/%s.q", dir, ia_type_name(type));
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(q, 1, ia_type_row_size(type, n), f) != ia_type_row_size(type, n) || fclose(f) != 0) return 1;
+        snprintf(path, sizeof path, "%s/%s.f32", dir, ia_type_name(type));
+        f = fopen(path, "wb");
+        if (!f || fwrite(y, 4, (size_t)n, f) != (size_t)n || fclose(f) != 0) return 1;
+        fprintf(man, "%u %s %d\n", type, ia_type_name(type), n);
+        free(q); free(x); free(y);
+    }
+    return fclose(man) != 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--dump") == 0) return dump(argv[2]);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_block_layouts),
+        cmocka_unit_test(test_hand_q4_0),
+        cmocka_unit_test(test_hand_q8_0),
+        cmocka_unit_test(test_hand_q4_K),
+        cmocka_unit_test(test_hand_q6_K),
+        cmocka_unit_test(test_hand_half),
+        cmocka_unit_test(test_fp16_rounding),
+        cmocka_unit_test(test_bf16_rounding),
+        cmocka_unit_test(test_quant_roundtrip_bounds),
+        cmocka_unit_test(test_quant_zero_and_stable),
+        cmocka_unit_test(test_fast_dequant_matches),
+        cmocka_unit_test(test_kernel_selection),
+        cmocka_unit_test(test_matmul_degenerate),
+        cmocka_unit_test(test_matmul_exact),
+        cmocka_unit_test(test_matmul_vs_ref),
+        cmocka_unit_test(test_matmul_batch_invariance),
+        cmocka_unit_test(test_matmul_thread_invariance),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
