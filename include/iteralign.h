@@ -98,6 +98,11 @@ typedef enum ia_chat_template_id {
     IA_CHAT_TEMPLATE_GEMMA,
     IA_CHAT_TEMPLATE_PHI3,
     IA_CHAT_TEMPLATE_VICUNA,
+    IA_CHAT_TEMPLATE_LLAMA2_SYS_BOS,    /* "<s>[INST] " reopens turns */
+    IA_CHAT_TEMPLATE_LLAMA2_SYS_STRIP,  /* contents trimmed (the real Llama-2-chat template) */
+    IA_CHAT_TEMPLATE_MISTRAL_V3_TEKKEN, /* v3 without the spaces */
+    IA_CHAT_TEMPLATE_MISTRAL_V7_TEKKEN, /* v7 without the spaces */
+    IA_CHAT_TEMPLATE_VICUNA_ORCA,       /* "SYSTEM: " prefix */
     IA_CHAT_TEMPLATE_COUNT
 } ia_chat_template_id;
 

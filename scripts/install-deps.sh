@@ -11,6 +11,7 @@ PKGS=(
   libcmocka-dev             # unit tests
   libopenblas-dev           # optional BLAS backend (make BLAS=1)
   python3 python3-numpy     # float64 reference forward pass used by the tests
+  python3-jinja2            # renders real chat templates as the tests' oracle
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -503,7 +503,7 @@ static void test_open_errors(void **state) {
     assert_non_null(strstr(err.msg, "tests/tmp/does-not-exist.gguf: "));
     assert_null(gguf_file_open("tests", &err));
     assert_int_equal(err.code, IA_ERR_IO);
-    char path[256];
+    char path[512];
     test_tmpfile(path, sizeof path, "empty.gguf");
     FILE *fp = fopen(path, "wb");
     assert_non_null(fp);
@@ -522,7 +522,7 @@ static void test_open_errors(void **state) {
     free(b.p);
     assert_null(gguf_file_open(path, &err));
     assert_int_equal(err.code, IA_ERR_FORMAT);
-    char want[300];
+    char want[600];
     snprintf(want, sizeof want, "%s: duplicate tensor name 'a'", path);
     assert_string_equal(err.msg, want);
     assert_null(gguf_file_open_buffer(NULL, 5, "null", &err));
@@ -879,12 +879,12 @@ static void test_writer_roundtrip(void **state) {
         rt_store st = {0};
         writer_populate(w, &st);
         if (pass) assert_int_equal(gguf_writer_set_u32(w, "general.alignment", 64), IA_OK);
-        char path[256];
+        char path[512];
         test_tmpfile(path, sizeof path, pass ? "roundtrip64.gguf" : "roundtrip.gguf");
         ia_error err = {0};
         assert_int_equal(gguf_writer_write_file(w, path, &err), IA_OK);
         assert_int_equal(st.fill.calls, 4);
-        char tmp[300];
+        char tmp[600];
         snprintf(tmp, sizeof tmp, "%s.tmp", path);
         assert_int_not_equal(access(tmp, F_OK), 0);
         gguf_writer_free(w);
@@ -908,7 +908,7 @@ static void test_writer_copy_real(void **state) {
         assert_int_equal(gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err), IA_OK);
     }
     assert_int_equal(gguf_writer_copy_kv(w, src, 999), IA_ERR_ARG);
-    char path[256];
+    char path[512];
     test_tmpfile(path, sizeof path, "stories-copy.gguf");
     assert_int_equal(gguf_writer_write_file(w, path, &err), IA_OK);
     gguf_writer_free(w);
@@ -918,6 +918,7 @@ static void test_writer_copy_real(void **state) {
     assert_memory_equal(a, b, n1);
     ia_free(a);
     ia_free(b);
+    remove(path);
 
     /* and a copy of the GPT-2 vocabulary's string arrays through copy_kv, plus a replaced key */
     gguf_file *voc = gguf_file_open(GPT2_VOCAB, &err);
@@ -941,6 +942,7 @@ static void test_writer_copy_real(void **state) {
         assert_memory_equal(v1, v2, l1);
     }
     gguf_file_free(cp);
+    remove(path);
     gguf_file_free(voc);
     gguf_file_free(src);
 }
@@ -953,7 +955,7 @@ static void test_writer_errors(void **state) {
     assert_int_equal(gguf_writer_write_file(w, "tests/tmp/no-such-dir/x.gguf", &err), IA_ERR_IO);
     assert_non_null(strstr(err.msg, "tests/tmp/no-such-dir/x.gguf"));
     /* a bad alignment is refused before anything is written */
-    char path[256];
+    char path[512];
     test_tmpfile(path, sizeof path, "badalign.gguf");
     assert_int_equal(gguf_writer_set_u32(w, "general.alignment", 48), IA_OK);
     assert_int_equal(gguf_writer_write_file(w, path, &err), IA_ERR_ARG);
@@ -969,7 +971,7 @@ static void test_writer_errors(void **state) {
     assert_int_equal(gguf_writer_write_file(w, path, &err), IA_ERR_INTERNAL);
     assert_non_null(strstr(err.msg, "tensor 't.fail': boom"));
     assert_int_not_equal(access(path, F_OK), 0);
-    char tmp[300];
+    char tmp[600];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     assert_int_not_equal(access(tmp, F_OK), 0);
     gguf_writer_free(w);
@@ -982,7 +984,7 @@ static void test_writer_errors(void **state) {
 /* Every allocation in the writer may fail: IA_ERR_NOMEM, nothing leaks, no file appears. */
 static void test_alloc_failures_writer(void **state) {
     (void)state;
-    char path[256];
+    char path[512];
     test_tmpfile(path, sizeof path, "oom.gguf");
     long n;
     for (n = 1; n < 10000; n++) {
@@ -1108,7 +1110,7 @@ static bool python_available(void) {
 }
 
 static void compare_with_python(const char *path) {
-    char out[256], cmd[800];
+    char out[512], cmd[1200];
     test_tmpfile(out, sizeof out, "pydump.txt");
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/ref/gguf.py --dump '%s' > '%s'", path, out);
     if (system(cmd) != 0) fail_msg("gguf.py failed on %s", path);
@@ -1128,6 +1130,7 @@ static void compare_with_python(const char *path) {
     ia_free(c);
     ia_free(py);
     gguf_file_free(f);
+    remove(out);
 }
 
 static void test_python_oracle(void **state) {
@@ -1137,7 +1140,7 @@ static void test_python_oracle(void **state) {
     rt_store st = {0};
     writer_populate(w, &st);
     assert_int_equal(gguf_writer_set_u32(w, "general.alignment", 64), IA_OK);
-    char path[256];
+    char path[512];
     test_tmpfile(path, sizeof path, "pyoracle.gguf");
     ia_error err = {0};
     assert_int_equal(gguf_writer_write_file(w, path, &err), IA_OK);

@@ -307,6 +307,35 @@ static void test_load_variants(void **state) {
     assert_int_equal(ia_mkmodel_write(&o, dst, &err), IA_ERR_ARG);
 }
 
+/* Every allocation of a load / context init failing in turn: a clean NOMEM each time (no crash,
+ * no leak under ASan), and success once the failure point is past the last allocation. */
+static void test_oom(void **state) {
+    (void)state;
+    ia_error err = {0};
+    long before = ia_mem_alloc_count();
+    ia_model *m = ia_model_load(TEST_STORIES, &err);
+    assert_non_null(m);
+    ia_model_free(m);
+    long n_alloc = ia_mem_alloc_count() - before;
+    for (long n = 1; n <= n_alloc + 1; n++) {
+        ia_mem_fail_after(n, false);
+        m = ia_model_load(TEST_STORIES, &err);
+        ia_mem_fail_after(0, false);
+        if (m) { ia_model_free(m); assert_true(n > n_alloc - 1); break; }
+        if (err.code != IA_ERR_NOMEM) fail_msg("allocation %ld failing: %s %s", n, ia_result_name(err.code), err.msg);
+    }
+    m = ia_model_load(TEST_STORIES, &err);
+    assert_non_null(m);
+    for (long n = 1; n < 40; n++) {
+        ia_mem_fail_after(n, false);
+        ia_context *c = ia_context_init(m, 2, 64, 8, &err);
+        ia_mem_fail_after(0, false);
+        if (c) { ia_context_free(c); break; }
+        assert_int_equal(err.code, IA_ERR_NOMEM);
+    }
+    ia_model_free(m);
+}
+
 /* ---- context bounds ---------------------------------------------------------------------- */
 
 static void test_context_range(void **state) {
@@ -428,6 +457,7 @@ int main(void) {
         cmocka_unit_test(test_stories_greedy),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_load_variants),
+        cmocka_unit_test(test_oom),
         cmocka_unit_test(test_context_range),
         cmocka_unit_test(test_invariance_stories),
         cmocka_unit_test(test_invariance_qwen2),

@@ -223,6 +223,39 @@ static void test_top_k_one_is_greedy(void **state) {
     ia_sampler_free(greedy);
 }
 
+/* Probabilities 0.5, 0.3, 0.15, 0.05 at T = 1. */
+static const float quad[4] = {-0.69314718f, -1.2039728f, -1.89712f, -2.9957323f};
+
+static void counts_of(ia_sampler *s, const float *l, int n, int draws, int *count) {
+    memset(count, 0, (size_t)n * sizeof *count);
+    for (int i = 0; i < draws; i++) {
+        int32_t t = draw(s, l, n, NULL, 0);
+        assert_true(t >= 0 && t < n);
+        count[t]++;
+    }
+}
+
+/* Ties at the top-k border go to the lower id, on both selection paths (small k on a big
+ * vocabulary: the heap; otherwise quickselect). */
+static void test_top_k_ties(void **state) {
+    (void)state;
+    ia_sampling p = params(1.0f, 4);
+    p.top_k = 1;
+    ia_sampler *s = make(&p, 4); /* quickselect */
+    const float l[4] = {1.0f, 5.0f, 5.0f, 0.0f};
+    for (int i = 0; i < 50; i++) assert_int_equal(draw(s, l, 4, NULL, 0), 1);
+    ia_sampler_free(s);
+    p.top_k = 2;
+    s = make(&p, 16); /* heap: 2 <= 16 / 8 */
+    float l2[16] = {0};
+    l2[3] = l2[9] = l2[12] = 2.0f;
+    int count[16];
+    counts_of(s, l2, 16, 400, count);
+    assert_int_equal(count[3] + count[9], 400);
+    assert_true(count[3] > 100 && count[9] > 100);
+    ia_sampler_free(s);
+}
+
 /* top-k on a big vocabulary picks only among the true k best (checked against a full sort). */
 static int cmp_desc(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
@@ -256,18 +289,6 @@ static void test_top_k_large_vocab(void **state) {
     ia_free(l);
     ia_free(work);
     ia_free(sorted);
-}
-
-/* Probabilities 0.5, 0.3, 0.15, 0.05 at T = 1. */
-static const float quad[4] = {-0.69314718f, -1.2039728f, -1.89712f, -2.9957323f};
-
-static void counts_of(ia_sampler *s, const float *l, int n, int draws, int *count) {
-    memset(count, 0, (size_t)n * sizeof *count);
-    for (int i = 0; i < draws; i++) {
-        int32_t t = draw(s, l, n, NULL, 0);
-        assert_true(t >= 0 && t < n);
-        count[t]++;
-    }
 }
 
 static void test_top_p_min_p_exclusions(void **state) {
@@ -489,6 +510,7 @@ int main(void) {
         cmocka_unit_test(test_frequency_presence),
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_top_k_one_is_greedy),
+        cmocka_unit_test(test_top_k_ties),
         cmocka_unit_test(test_top_k_large_vocab),
         cmocka_unit_test(test_top_p_min_p_exclusions),
         cmocka_unit_test(test_top_p_large_vocab),

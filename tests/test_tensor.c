@@ -233,6 +233,39 @@ static void test_fp16_rounding(void **state) {
     }
 }
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+/* The CPU's own conversions (F16C, round to nearest even) as an independent oracle. */
+__attribute__((target("f16c"))) static uint16_t hw_fp32_to_fp16(float f) {
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+__attribute__((target("f16c"))) static float hw_fp16_to_fp32(uint16_t h) { return _cvtsh_ss(h); }
+static bool have_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
+static void test_fp16_vs_f16c(void **state) {
+    (void)state;
+    if (!have_f16c()) { print_message("# no F16C: skipped\n"); return; }
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float a = ia_fp16_to_fp32((uint16_t)h), b = hw_fp16_to_fp32((uint16_t)h);
+        if (isnan(a) ? !isnan(b) : bits_f(a) != bits_f(b)) fail_msg("half 0x%04x: %a vs F16C %a", h, (double)a, (double)b);
+    }
+    ia_rng r;
+    ia_rng_seed(&r, 8);
+    for (int i = 0; i < 1000000; i++) { /* random bit patterns, half of them near the f16 range */
+        uint32_t u = (uint32_t)ia_rng_next(&r);
+        if (i & 1) u = (u & 0x807FFFFFu) | ((uint32_t)(98 + (u >> 23) % 50) << 23);
+        const float f = f_bits(u);
+        const uint16_t a = ia_fp32_to_fp16(f), b = hw_fp32_to_fp16(f);
+        if (isnan(f) ? !((a & 0x7C00) == 0x7C00 && (a & 0x3FF)) : a != b)
+            fail_msg("fp16(%a) = 0x%04x, F16C says 0x%04x", (double)f, a, b);
+    }
+}
+#endif
+
 static void test_bf16_rounding(void **state) {
     (void)state;
     struct { float f; uint16_t h; } cases[] = {
@@ -761,6 +794,9 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_hand_q6_K),
         cmocka_unit_test(test_hand_half),
         cmocka_unit_test(test_fp16_rounding),
+#if defined(__x86_64__)
+        cmocka_unit_test(test_fp16_vs_f16c),
+#endif
         cmocka_unit_test(test_bf16_rounding),
         cmocka_unit_test(test_quant_roundtrip_bounds),
         cmocka_unit_test(test_quant_zero_and_stable),

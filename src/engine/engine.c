@@ -323,6 +323,7 @@ int ia_engine_step(ia_engine *e, ia_error *err) {
         if (s->has_next) { s->pos++; s->has_next = false; }
         float *lg = (float *)logits + (size_t)s->logit_row * (size_t)V;
         int32_t t = ia_sampler_sample(s->sampler, lg, s->gen, s->n_gen);
+        if (t < 0) { seq_finish(e, id, IA_FINISH_EOS); continue; } /* every logit banned or NaN */
         if (!s->sp.ignore_eos && ia_tokenizer_is_eog(tok, t)) { seq_finish(e, id, IA_FINISH_EOS); continue; }
         seq_push_token(s, t);
         size_t before = s->text.len;

@@ -31,7 +31,7 @@ struct ia_context {
     int n_logits;           /* rows of logits valid after the last decode */
 };
 
-/* Sizes in floats, with overflow checks: a*b*c*d or SIZE_MAX. */
+/* a*b, or SIZE_MAX on overflow (which the allocator then refuses: reported as out of memory). */
 static size_t mul_sz(size_t a, size_t b) { return (a && b > SIZE_MAX / a) ? SIZE_MAX : a * b; }
 
 ia_context *ia_context_init(const ia_model *m, int n_slots, int n_ctx, int n_batch, ia_error *err) {

@@ -72,18 +72,27 @@ static int mk_fill(void *ud, const char *name, void *dst, size_t nbytes, ia_erro
     if (row * (size_t)t->n_out != nbytes)
         return ia_error_set(err, IA_ERR_INTERNAL, "mkmodel: tensor '%s': %zu bytes asked, %zu expected", name, nbytes,
                             row * (size_t)t->n_out);
-    float *buf = ia_malloc((size_t)t->n_in * sizeof(float));
-    if (!buf) return ia_error_set(err, IA_ERR_NOMEM, "mkmodel: out of memory");
-    ia_rng rng;
-    ia_rng_seed(&rng, t->seed);
-    for (int64_t o = 0; o < t->n_out; o++) {
-        for (int64_t i = 0; i < t->n_in; i++) {
-            float z = ia_rng_normal(&rng);
-            buf[i] = t->kind == MK_NORM ? 1.0f + 0.05f * z : 0.02f * z;
+    /* Rows in parallel, each from its own seed (tensor seed, row): the bytes do not depend on the
+     * thread count. */
+    int nomem = 0;
+#pragma omp parallel reduction(| : nomem)
+    {
+        float *buf = ia_malloc((size_t)t->n_in * sizeof(float));
+        if (!buf) nomem = 1;
+#pragma omp for schedule(static)
+        for (int64_t o = 0; o < t->n_out; o++) {
+            if (!buf) continue;
+            ia_rng rng;
+            ia_rng_seed(&rng, t->seed ^ (0xd1b54a32d192ed03ull * (uint64_t)(o + 1)));
+            for (int64_t i = 0; i < t->n_in; i++) {
+                float z = ia_rng_normal(&rng);
+                buf[i] = t->kind == MK_NORM ? 1.0f + 0.05f * z : 0.02f * z;
+            }
+            ia_quantize_row(t->type, buf, (uint8_t *)dst + (size_t)o * row, t->n_in);
         }
-        ia_quantize_row(t->type, buf, (uint8_t *)dst + (size_t)o * row, t->n_in);
+        ia_free(buf);
     }
-    ia_free(buf);
+    if (nomem) return ia_error_set(err, IA_ERR_NOMEM, "mkmodel: out of memory");
     return IA_OK;
 }
 

@@ -15,11 +15,11 @@ static void prefix_path(ia_error *err, const char *path) {
 }
 
 /* Reads "<arch>.<suffix>" as a positive count that fits an int. The value may be any integer type,
- * or (per_layer) an array with one value per layer, accepted only when all values are equal since
+ * or (n_layer > 0) an array with one value per layer, accepted only when all values are equal since
  * the forward pass has one shape for every layer. Returns 1 found, 0 absent (*out untouched),
  * -1 error (err set). */
 static int meta_count(const gguf_file *f, const char *path, const char *arch, const char *suffix,
-                      bool per_layer, int *out, ia_error *err) {
+                      int n_layer, int *out, ia_error *err) {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
     int64_t i = gguf_kv_find(f, key);
@@ -27,9 +27,10 @@ static int meta_count(const gguf_file *f, const char *path, const char *arch, co
     int64_t v = 0;
     if (gguf_kv_type(f, i) == GGUF_TYPE_ARRAY) {
         uint64_t n = gguf_kv_arr_n(f, i);
-        if (!per_layer || n == 0) {
+        if (n_layer <= 0 || n != (uint64_t)n_layer) {
             ia_error_set(err, IA_ERR_FORMAT, "%s: metadata key '%s' is an array of %" PRIu64
-                         " values, expected one integer", path, key, n);
+                         " values, expected one integer%s", path, key, n,
+                         n_layer > 0 ? " or one per layer" : "");
             return -1;
         }
         for (uint64_t j = 0; j < n; j++) {
@@ -60,8 +61,8 @@ static int meta_count(const gguf_file *f, const char *path, const char *arch, co
 }
 
 static int meta_count_req(const gguf_file *f, const char *path, const char *arch, const char *suffix,
-                          bool per_layer, int *out, ia_error *err) {
-    int r = meta_count(f, path, arch, suffix, per_layer, out, err);
+                          int n_layer, int *out, ia_error *err) {
+    int r = meta_count(f, path, arch, suffix, n_layer, out, err);
     if (r == 0) {
         ia_error_set(err, IA_ERR_FORMAT, "%s: required metadata key '%s.%s' is missing", path, arch, suffix);
         return -1;
@@ -85,20 +86,20 @@ static int load_hparams(const gguf_file *f, const char *path, const char *arch, 
     snprintf(hp->arch, sizeof hp->arch, "%s", arch);
     hp->rope_type = strcmp(arch, "qwen2") == 0 ? IA_ROPE_NEOX : IA_ROPE_NORM;
 
-    if (meta_count_req(f, path, arch, "context_length", false, &hp->n_ctx_train, err) < 0) return err->code;
-    if (meta_count_req(f, path, arch, "embedding_length", false, &hp->n_embd, err) < 0) return err->code;
-    if (meta_count_req(f, path, arch, "block_count", false, &hp->n_layer, err) < 0) return err->code;
-    if (meta_count_req(f, path, arch, "feed_forward_length", true, &hp->n_ff, err) < 0) return err->code;
-    if (meta_count_req(f, path, arch, "attention.head_count", true, &hp->n_head, err) < 0) return err->code;
+    if (meta_count_req(f, path, arch, "context_length", 0, &hp->n_ctx_train, err) < 0) return err->code;
+    if (meta_count_req(f, path, arch, "embedding_length", 0, &hp->n_embd, err) < 0) return err->code;
+    if (meta_count_req(f, path, arch, "block_count", 0, &hp->n_layer, err) < 0) return err->code;
+    if (meta_count_req(f, path, arch, "feed_forward_length", hp->n_layer, &hp->n_ff, err) < 0) return err->code;
+    if (meta_count_req(f, path, arch, "attention.head_count", hp->n_layer, &hp->n_head, err) < 0) return err->code;
     hp->n_head_kv = hp->n_head;
-    if (meta_count(f, path, arch, "attention.head_count_kv", true, &hp->n_head_kv, err) < 0) return err->code;
+    if (meta_count(f, path, arch, "attention.head_count_kv", hp->n_layer, &hp->n_head_kv, err) < 0) return err->code;
     if (hp->n_head % hp->n_head_kv != 0)
         return ia_error_set(err, IA_ERR_FORMAT, "%s: head_count %d is not a multiple of head_count_kv %d",
                             path, hp->n_head, hp->n_head_kv);
     int key_len = 0, val_len = 0;
-    int rk = meta_count(f, path, arch, "attention.key_length", false, &key_len, err);
+    int rk = meta_count(f, path, arch, "attention.key_length", 0, &key_len, err);
     if (rk < 0) return err->code;
-    int rv = meta_count(f, path, arch, "attention.value_length", false, &val_len, err);
+    int rv = meta_count(f, path, arch, "attention.value_length", 0, &val_len, err);
     if (rv < 0) return err->code;
     if (rk == 0) {
         if (hp->n_embd % hp->n_head != 0)
@@ -112,7 +113,7 @@ static int load_hparams(const gguf_file *f, const char *path, const char *arch, 
                             path, key_len, val_len);
     hp->head_dim = key_len;
     hp->n_rot = hp->head_dim;
-    if (meta_count(f, path, arch, "rope.dimension_count", false, &hp->n_rot, err) < 0) return err->code;
+    if (meta_count(f, path, arch, "rope.dimension_count", 0, &hp->n_rot, err) < 0) return err->code;
     if (hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
         return ia_error_set(err, IA_ERR_FORMAT, "%s: rope.dimension_count %d must be even and at most the head size %d",
                             path, hp->n_rot, hp->head_dim);

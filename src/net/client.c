@@ -440,8 +440,9 @@ static int chat_body(const ia_client *c, const ia_client_chat_req *r, json_t **o
         if (!set_new(jm, "role", json_text(m->role)) || !set_new(jm, "content", json_text(m->content)))
             goto nomem;
     }
-    if (r->temperature >= 0 && (rc = add_real(body, "temperature", r->temperature, err))) goto fail;
-    if (r->top_p >= 0 && (rc = add_real(body, "top_p", r->top_p, err))) goto fail;
+    /* written so that NaN is not "omitted" but reaches add_real and is refused */
+    if (!(r->temperature < 0) && (rc = add_real(body, "temperature", r->temperature, err))) goto fail;
+    if (!(r->top_p < 0) && (rc = add_real(body, "top_p", r->top_p, err))) goto fail;
     if (r->max_tokens > 0 &&
         !set_new(body, c->use_mct ? "max_completion_tokens" : "max_tokens", json_integer(r->max_tokens)))
         goto nomem;
@@ -500,7 +501,7 @@ static int completion_body(const ia_client *c, const ia_client_completion_req *r
         goto fail;
     }
     if (r->max_tokens >= 0 && !set_new(body, "max_tokens", json_integer(r->max_tokens))) goto nomem;
-    if (r->temperature >= 0 && (rc = add_real(body, "temperature", r->temperature, err))) goto fail;
+    if (!(r->temperature < 0) && (rc = add_real(body, "temperature", r->temperature, err))) goto fail;
     if (r->logprobs >= 0 && !set_new(body, "logprobs", json_integer(r->logprobs))) goto nomem;
     if (r->echo && !set_new(body, "echo", json_true())) goto nomem;
     if (r->has_seed && !set_new(body, "seed", json_integer((json_int_t)r->seed))) goto nomem;

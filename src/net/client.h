@@ -16,6 +16,9 @@
  *                when 0 < value <= retry_after_max_s; otherwise exponential back-off with full
  *                jitter: uniform [0, min(backoff_max_s, backoff_base_s * 2^k)) for the k-th retry,
  *                drawn from an RNG seeded by opts.seed (reproducible schedules).
+ *   attempts     counted per HTTP request this client starts. One exception, libcurl's: a request
+ *                sent on a kept-alive connection that the server had already closed (nothing came
+ *                back) is re-sent once on a fresh connection inside the same attempt.
  *   deadlines    each attempt is cut at timeout_s; all attempts and waits of one request together
  *                stay within budget_s (counted from its first attempt): a wait that would end past
  *                the budget is not started and the request fails with IA_ERR_TIMEOUT.

@@ -159,6 +159,55 @@ static void select_top(cand *c, int n, int k) {
     }
 }
 
+static int gather_all(cand *c, const float *logits, int n) {
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (!(logits[i] > -INFINITY)) continue;
+        c[m].id = i;
+        c[m].logit = logits[i];
+        m++;
+    }
+    return m;
+}
+
+/* Restores the heap below i; the heap keeps its worst candidate at the root. */
+static void heap_down(cand *c, int n, int i) {
+    for (;;) {
+        int w = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && before(&c[w], &c[l])) w = l;
+        if (r < n && before(&c[w], &c[r])) w = r;
+        if (w == i) return;
+        swap_cand(c, i, w);
+        i = w;
+    }
+}
+
+/* The k best drawable tokens in one pass, kept in a heap whose root is the worst of them: most
+ * logits cost one comparison with the root, far cheaper than copying and partitioning the whole
+ * vocabulary when k is small. Ids arrive in increasing order, so a later token with the same
+ * logit as the root never displaces it: ties go to the lower id, as in select_top. */
+static int gather_top_k(cand *c, const float *logits, int n, int k) {
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        float v = logits[i];
+        if (!(v > -INFINITY)) continue;
+        if (m < k) {
+            int j = m++;
+            c[j].id = i;
+            c[j].logit = v;
+            while (j > 0 && before(&c[(j - 1) / 2], &c[j])) { /* parent better: move the new one up */
+                swap_cand(c, j, (j - 1) / 2);
+                j = (j - 1) / 2;
+            }
+        } else if (v > c[0].logit) {
+            c[0].id = i;
+            c[0].logit = v;
+            heap_down(c, m, 0);
+        }
+    }
+    return m;
+}
+
 /* First index of the largest logit; NaN never wins. -1 if nothing beats -INFINITY. */
 static int32_t argmax(const float *logits, int n) {
     int32_t best = -1;
@@ -176,31 +225,27 @@ int32_t ia_sampler_sample(ia_sampler *s, float *logits, const int32_t *generated
     /* !(T > 0) also sends a NaN temperature to greedy */
     if (!(p->temperature > 0.0f)) return argmax(logits, s->n_vocab);
 
-    /* Candidates: tokens that can still be drawn (-INFINITY is a ban, NaN is treated as one). */
+    /* Candidates: tokens that can still be drawn (-INFINITY is a ban, NaN is treated as one),
+     * cut to the top_k best when top_k is on. */
     cand *c = s->c;
-    int m = 0;
-    float vmax = -INFINITY;
-    for (int i = 0; i < s->n_vocab; i++) {
-        float v = logits[i];
-        if (!(v > -INFINITY)) continue;
-        c[m].id = i;
-        c[m].logit = v;
-        m++;
-        if (v > vmax) vmax = v;
+    const int k = p->top_k;
+    int m = k > 0 && k <= s->n_vocab / 8 ? gather_top_k(c, logits, s->n_vocab, k)
+                                         : gather_all(c, logits, s->n_vocab);
+    if (k > 0 && k < m) {
+        select_top(c, m, k);
+        m = k;
     }
     if (m == 0) return -1;
+    float vmax = -INFINITY;
+    for (int i = 0; i < m; i++)
+        if (c[i].logit > vmax) vmax = c[i].logit;
     if (vmax == INFINITY) {
         /* +inf - +inf is NaN: the +inf tokens share the whole mass equally instead */
-        int k = 0;
+        int j = 0;
         for (int i = 0; i < m; i++)
-            if (c[i].logit == INFINITY) { c[k] = c[i]; c[k].logit = 0.0f; k++; }
-        m = k;
+            if (c[i].logit == INFINITY) { c[j] = c[i]; c[j].logit = 0.0f; j++; }
+        m = j;
         vmax = 0.0f;
-    }
-
-    if (p->top_k > 0 && p->top_k < m) {
-        select_top(c, m, p->top_k);
-        m = p->top_k;
     }
 
     /* Temperature and softmax in one step: exp((l - max) / T) never overflows, whatever T is,
@@ -240,10 +285,10 @@ int32_t ia_sampler_sample(ia_sampler *s, float *logits, const int32_t *generated
         for (int i = 0; i < m; i++)
             if (c[i].e > emax) emax = c[i].e;
         const float thr = p->min_p * emax;
-        int k = 0;
+        int j = 0;
         for (int i = 0; i < m; i++)
-            if (c[i].e >= thr || c[i].e == emax) c[k++] = c[i];
-        m = k;
+            if (c[i].e >= thr || c[i].e == emax) c[j++] = c[i];
+        m = j;
     }
 
     /* The draw: one uniform number from this sequence's stream per sampled token. */

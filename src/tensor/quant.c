@@ -103,7 +103,9 @@ void ia_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
 
 /* ==== reference quantisers ==== */
 
-/* Round to nearest, ties to even (what ggml's float trick in nearest_int does for |x| < 2^22). */
+/* Round to nearest, ties to even (what ggml's float trick in nearest_int does for |x| < 2^22).
+ * The float expressions below keep ggml's operation order (e.g. (w*l)*l), so that our files equal
+ * llama.cpp's quantize_row_*_ref output byte for byte (checked against ggml at d99724f2). */
 static inline int nearest_int(float x) { return (int)lrintf(x); }
 
 static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
@@ -143,7 +145,8 @@ static void quant_q4_0(const float *x, ia_block_q4_0 *y, int64_t nb) {
 /* Affine fit of n values to levels 0..nmax: x ~ scale*L + min, min <= 0. Starts from the plain
  * min/max grid, then tries nstep slightly stretched grids and for each solves the weighted least
  * squares problem for (scale, min) with the levels fixed, keeping the lowest weighted error (the
- * approach of ggml's make_qkx2_quants). Returns scale; *neg_min receives -min (>= 0). */
+ * approach of ggml's make_qkx2_quants). Like ggml, later grids are anchored at the best min found
+ * so far rather than the data minimum. Returns scale; *neg_min receives -min (>= 0). */
 static float fit_affine(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min,
                         float rmin, float rdelta, int nstep) {
     float lo = x[0], hi = x[0];
@@ -166,17 +169,17 @@ static float fit_affine(int n, int nmax, const float *x, const float *w, uint8_t
     for (int i = 0; i < n; i++) {
         L[i] = (uint8_t)clampi(nearest_int(iscale * (x[i] - lo)), 0, nmax);
         const float diff = scale * L[i] + min - x[i];
-        best += w[i] * diff * diff;
+        best += w[i] * (diff * diff);
     }
     uint8_t Laux[IA_QK_K];
     for (int is = 0; is <= nstep; is++) {
-        iscale = (rmin + rdelta * (float)is + (float)nmax) / (hi - lo);
+        iscale = (rmin + rdelta * (float)is + (float)nmax) / (hi - min);
         float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
         for (int i = 0; i < n; i++) {
-            const int l = clampi(nearest_int(iscale * (x[i] - lo)), 0, nmax);
+            const int l = clampi(nearest_int(iscale * (x[i] - min)), 0, nmax);
             Laux[i] = (uint8_t)l;
             sum_l += w[i] * (float)l;
-            sum_l2 += w[i] * (float)(l * l);
+            sum_l2 += w[i] * (float)l * (float)l;
             sum_xl += w[i] * (float)l * x[i];
         }
         const float D = sum_w * sum_l2 - sum_l * sum_l;
@@ -190,7 +193,7 @@ static float fit_affine(int n, int nmax, const float *x, const float *w, uint8_t
         float err = 0.0f;
         for (int i = 0; i < n; i++) {
             const float diff = this_scale * Laux[i] + this_min - x[i];
-            err += w[i] * diff * diff;
+            err += w[i] * (diff * diff);
         }
         if (err < best) {
             memcpy(L, Laux, (size_t)n);
@@ -216,8 +219,8 @@ static void quant_q4_K(const float *x, ia_block_q4_K *y, int64_t nb) {
             const float av_x = sqrtf(sum_x2 / 32.0f);
             for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(xs[l]);
             scales[j] = fit_affine(32, 15, xs, w, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
-            max_scale = fmaxf(max_scale, scales[j]);
-            max_min = fmaxf(max_min, mins[j]);
+            if (scales[j] > max_scale) max_scale = scales[j]; /* not fmaxf: keeps +0 over -0 */
+            if (mins[j] > max_min) max_min = mins[j];
         }
         /* super-block scales; sub-block scale and min become 6-bit multiples of them */
         const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
@@ -274,7 +277,7 @@ static float fit_symmetric(int n, int nmax, const float *x, int8_t *L) {
         L[i] = (int8_t)(l + nmax);
         const float w = x[i] * x[i];
         sumlx += w * x[i] * (float)l;
-        suml2 += w * (float)(l * l);
+        suml2 += w * (float)l * (float)l;
     }
     float scale = suml2 > 0.0f ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
@@ -286,7 +289,7 @@ static float fit_symmetric(int n, int nmax, const float *x, int8_t *L) {
             const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
             const float w = x[i] * x[i];
             sumlx += w * x[i] * (float)l;
-            suml2 += w * (float)(l * l);
+            suml2 += w * (float)l * (float)l;
         }
         /* maximising sumlx^2/suml2 minimises the weighted squared error for the optimal scale */
         if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {

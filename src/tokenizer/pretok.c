@@ -212,7 +212,7 @@ int ia_tok_pretok_init(ia_tokenizer *t, const char *pre, ia_error *err) {
         if (!re) {
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(ec, msg, sizeof msg);
-            rc = ia_error_set(err, ec == PCRE2_ERROR_NOMEMORY ? IA_ERR_NOMEM : IA_ERR_INTERNAL,
+            rc = ia_error_set(err, ec == PCRE2_ERROR_HEAP_FAILED || ec == PCRE2_ERROR_NOMEMORY ? IA_ERR_NOMEM : IA_ERR_INTERNAL,
                               "tokenizer.ggml.pre = '%s': regex %d does not compile at offset %zu: %s", pre, i,
                               (size_t)eoff, (const char *)msg);
             break;
