@@ -70,6 +70,12 @@ int ia_model_n_ctx_train(const ia_model *m);
 const char *ia_model_arch(const ia_model *m);
 const char *ia_model_chat_template(const ia_model *m); /* tokenizer.chat_template or NULL */
 
+/* LoRA adapters applied at run time, without merging: y = W·x + scale·(alpha/rank)·B·(A·x) for
+ * every adapted matrix (llama.cpp's adapter GGUF format). Several adapters add up. Contexts made
+ * before a change see it at their next decode. */
+int  ia_model_lora_add(ia_model *m, const char *adapter_path, float scale, ia_error *err);
+void ia_model_lora_clear(ia_model *m);
+
 /* ---- tokenizer ------------------------------------------------------------------------------ */
 /* Encodes text. add_special: add BOS/EOS as the model metadata says. parse_special: text such as
  * "<|im_start|>" becomes the special token instead of plain text. On success returns the number of

@@ -1,0 +1,65 @@
+/* train.h — supervised fine-tuning on the CPU: LoRA (over any supported base type) and full
+ * fine-tuning, from JSONL chat/prompt-completion data, with resumable checkpoints. The alignment
+ * loop (src/align/) calls ia_train once per round. */
+#ifndef IA_TRAIN_H
+#define IA_TRAIN_H
+
+#include "model/model.h"
+
+typedef enum ia_train_method { IA_TRAIN_LORA = 0, IA_TRAIN_FULL = 1 } ia_train_method;
+typedef enum ia_lr_schedule { IA_LR_CONSTANT = 0, IA_LR_LINEAR, IA_LR_COSINE } ia_lr_schedule;
+
+typedef struct ia_train_progress {
+    int step, total_steps;     /* optimizer steps */
+    int epoch;
+    float loss;                /* mean loss of this step (assistant tokens only) */
+    float lr;
+    float grad_norm;           /* before clipping */
+    double tokens_per_s;
+    double elapsed_s;
+} ia_train_progress;
+
+typedef struct ia_train_opts {
+    const char *base_path;     /* base model GGUF (required) */
+    const char *data_path;     /* JSONL: {"messages":[...]}, {"conversations":[{"from","value"}]} or {"prompt","completion"} */
+    const char *out_path;      /* LoRA: adapter GGUF (llama.cpp --lora format); full: model GGUF */
+    const char *init_adapter;  /* LoRA: continue from this adapter (NULL: fresh A random, B zero) */
+    ia_train_method method;
+    int lora_rank;             /* default 8 */
+    float lora_alpha;          /* default 16 */
+    float lora_dropout;        /* default 0 */
+    const char *lora_targets;  /* comma list of q,k,v,o,gate,up,down (default all seven) */
+    int epochs;                /* default 3 */
+    int batch_size;            /* sequences per micro-batch, default 4 */
+    int grad_accum;            /* micro-batches per optimizer step, default 1 */
+    float lr;                  /* default 1e-4 (LoRA) */
+    float weight_decay;        /* AdamW, default 0 */
+    float beta1, beta2, eps;   /* AdamW, defaults 0.9, 0.999, 1e-8 */
+    ia_lr_schedule schedule;   /* default cosine */
+    float warmup_ratio;        /* default 0.03 */
+    float grad_clip;           /* max global norm, default 1.0 (0 = off) */
+    int max_len;               /* tokens per sequence, default 512 (longer examples are truncated) */
+    bool pack;                 /* pack several examples into one sequence (default false: pad) */
+    bool recompute;            /* recompute activations in backward to bound memory */
+    uint64_t seed;             /* same seed, same result */
+    const char *chat_template; /* template name; NULL: the model's own, else a plain "prompt + completion" */
+    const char *checkpoint_path; /* optimizer + adapter state, written every checkpoint_every steps; resumed if present */
+    int checkpoint_every;      /* default 50 */
+    const char *log_path;      /* JSONL training log (step, loss, lr, grad_norm, tokens_per_s); NULL: none */
+    void (*progress)(void *ud, const ia_train_progress *p);
+    void *progress_ud;
+} ia_train_opts;
+
+typedef struct ia_train_result {
+    int steps;
+    float first_loss, final_loss;
+    double tokens_per_s;
+    size_t peak_bytes;         /* peak resident memory measured during training */
+} ia_train_result;
+
+ia_train_opts ia_train_opts_default(void);
+/* Validates the data (a malformed line is reported with its line number and nothing trains),
+ * trains, writes out_path atomically. Resumes from checkpoint_path when it exists and matches. */
+int ia_train(const ia_train_opts *o, ia_train_result *res, ia_error *err);
+
+#endif /* IA_TRAIN_H */
