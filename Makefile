@@ -72,6 +72,9 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRC) -lpcre2-8 -ljansson -lcurl -lmicrohttpd -lsqlite3 -lm
 
+fuzz-run: fuzz
+	IA_TEST_FUZZ_SECONDS=$${IA_TEST_FUZZ_SECONDS:-60} BUILD=$(BUILD) bash tests/t_fuzz.sh
+
 bench: $(BIN)
 	@bench/run-bench.sh
 

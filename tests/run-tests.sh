@@ -33,5 +33,6 @@ for s in tests/t_*.sh; do
 done
 echo
 if [ ${#failed_suites[@]} -gt 0 ]; then echo "failed suites: ${failed_suites[*]}"; fi
+rm -rf tests/tmp/t[0-9]*   # per-binary temp folders (tests/test_util.h)
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

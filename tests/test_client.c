@@ -548,6 +548,9 @@ static void test_error_summary(void **state) {
     const char *detail = "{\"detail\":[{\"loc\":[\"body\",\"messages\"],\"msg\":\"field required\"}]}";
     ia_client_error_summary(detail, strlen(detail), out, sizeof out, &quota);
     assert_non_null(strstr(out, "field required"));
+    const char *dstr = "{\"detail\":\"Not Found\"}";
+    ia_client_error_summary(dstr, strlen(dstr), out, sizeof out, &quota);
+    assert_string_equal(out, "Not Found");
     const char *html = "<html>\r\n<h1>Bad\tGateway</h1></html>";
     ia_client_error_summary(html, strlen(html), out, sizeof out, &quota);
     assert_null(strchr(out, '\n'));
@@ -832,6 +835,19 @@ static void test_429_retry_after(void **state) {
     assert_true(LOG.n >= 1);
     assert_non_null(strstr(LOG.lines[0], "Retry-After"));
     assert_non_null(strstr(LOG.lines[0], "429"));
+    ia_client_resp_clear(&r);
+
+    /* an HTTP date two seconds ahead (whole seconds, so the wait is between 1 and 2 s) */
+    srv_reset(script, 2);
+    time_t when = time(NULL) + 2;
+    struct tm tmv;
+    gmtime_r(&when, &tmv);
+    strftime(S.retry_after, sizeof S.retry_after, "%a, %d %b %Y %H:%M:%S GMT", &tmv);
+    t0 = ia_time_now();
+    assert_int_equal(chat1(c, "hi", -1, &r, &err), IA_OK);
+    el = ia_time_now() - t0;
+    assert_true(el >= 0.9 && el < 3.0);
+    assert_int_equal(r.attempts, 2);
     ia_client_resp_clear(&r);
 
     /* fractional seconds, and a value beyond retry_after_max falls back to back-off */
@@ -1730,11 +1746,19 @@ static void test_chaos(void **state) {
     ia_client_chat_req reqs[N];
     ia_client_resp resps[N];
     ia_error errs[N];
+    /* every chat fault (all before FX_LP) at least twice, in a seeded random order */
+    int order[N];
+    for (int i = 0; i < N; i++) order[i] = i % FX_LP;
     ia_rng rng;
     ia_rng_seed(&rng, 99);
+    for (int i = N - 1; i > 0; i--) {
+        int k = (int)(ia_rng_next(&rng) % (uint64_t)(i + 1));
+        int t = order[i];
+        order[i] = order[k];
+        order[k] = t;
+    }
     for (int i = 0; i < N; i++) {
-        int f = (int)(ia_rng_next(&rng) % FX_LP); /* chat faults only */
-        snprintf(texts[i], sizeof texts[i], "fault:%s", fault_names[f]);
+        snprintf(texts[i], sizeof texts[i], "fault:%s", fault_names[order[i]]);
         msgs[i] = (ia_chat_msg){"user", texts[i]};
         reqs[i] = ia_client_chat_req_default();
         reqs[i].messages = &msgs[i];
@@ -1744,7 +1768,9 @@ static void test_chaos(void **state) {
     ia_client_chat_many(c, reqs, N, resps, errs);
     assert_true(ia_time_now() - t0 < 8.0);
     int ok = 0;
+    int attempts[N];
     for (int i = 0; i < N; i++) {
+        attempts[i] = resps[i].attempts;
         assert_true(resps[i].attempts >= 1 && resps[i].attempts <= 3);
         if (errs[i].code == IA_OK) {
             ok++;
@@ -1757,6 +1783,17 @@ static void test_chaos(void **state) {
         ia_client_resp_clear(&resps[i]);
     }
     assert_true(ok > 0 && ok < N);
+    for (int i = 0; i < N; i++) {
+        /* the outcome of each fault is fixed by the policy, whatever the interleaving */
+        int f = order[i];
+        bool want_ok = f == FX_OK || f == FX_SLOW || f == FX_FENCE || f == FX_NOUSAGE || f == FX_ECHO_AUTH;
+        if ((errs[i].code == IA_OK) != want_ok) print_error("%s: %s\n", texts[i], errs[i].msg);
+        assert_int_equal(errs[i].code == IA_OK, want_ok);
+        bool retried = f == FX_429 || f == FX_500 || f == FX_503 || f == FX_GARBAGE || f == FX_TRUNC ||
+                       f == FX_STALL || f == FX_CLOSE;
+        if (!want_ok) assert_int_equal(attempts[i], retried ? 3 : 1);
+        if (f == FX_STALL) assert_int_equal(errs[i].code, IA_ERR_TIMEOUT);
+    }
     ia_client_free(c);
 }
 

@@ -464,5 +464,12 @@ int main(void) {
         cmocka_unit_test(test_invariance_q4k),
         cmocka_unit_test(test_invariance_q8),
     };
-    return cmocka_run_group_tests_name("model", tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("model", tests, NULL, NULL);
+    /* the models written here are tens of MB: remove this run's folder unless something failed */
+    if (!failed && strncmp(test_tmpdir(), "tests/tmp/", 10) == 0) {
+        char cmd[320];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", test_tmpdir());
+        if (system(cmd) != 0) return 1;
+    }
+    return failed;
 }

@@ -22,7 +22,7 @@
 
 /* A fresh temporary folder for this test binary (tests/tmp/<name>), created on first use. */
 static inline const char *test_tmpdir(void) {
-    static char dir[256];
+    static char dir[64];
     if (!dir[0]) {
         snprintf(dir, sizeof dir, "tests/tmp/t%ld", (long)getpid());
         char cmd[300];

@@ -82,7 +82,8 @@ int gguf_kv_get_str(const gguf_file *f, int64_t i, const char **out, ia_error *e
 int gguf_kv_get_arr_i64(const gguf_file *f, int64_t i, uint64_t j, int64_t *out, ia_error *err);
 int gguf_kv_get_arr_f64(const gguf_file *f, int64_t i, uint64_t j, double *out, ia_error *err);
 const char *gguf_kv_get_arr_str(const gguf_file *f, int64_t i, uint64_t j, size_t *len);
-/* Raw bytes of a numeric array's elements (may be unaligned) or of a scalar value. */
+/* Raw bytes of a numeric array's elements (may be unaligned) or of a scalar value; for a string
+ * scalar its NUL-terminated copy. NULL for arrays of strings or arrays and for a bad index. */
 const void *gguf_kv_raw(const gguf_file *f, int64_t i);
 
 /* Convenience lookups by key: return 1 if found and converted, 0 if the key is absent, -1 if it is

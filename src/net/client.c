@@ -281,7 +281,7 @@ ia_client *ia_client_init(const ia_client_opts *o, ia_error *err) {
     c->max_retries = o->max_retries >= 0 ? o->max_retries : CL_DEFAULT_RETRIES;
     c->backoff_base = o->backoff_base_s > 0 ? o->backoff_base_s : 0;
     c->backoff_max = o->backoff_max_s > 0 ? o->backoff_max_s : c->backoff_base;
-    c->retry_after_max = o->retry_after_max_s > 0 ? o->retry_after_max_s : 0;
+    c->retry_after_max = o->retry_after_max_s > 0 ? o->retry_after_max_s : 120.0;
     c->timeout = o->timeout_s > 0 ? o->timeout_s : CL_DEFAULT_TIMEOUT;
     c->connect_timeout = o->connect_timeout_s > 0 ? o->connect_timeout_s : CL_DEFAULT_CONNECT_TIMEOUT;
     c->budget = o->budget_s > 0 ? o->budget_s : 0;
@@ -678,6 +678,9 @@ static int attempt_start(CURLM *m, cl_job *j, double now) {
         return IA_ERR_NOMEM;
     }
     ia_buf_free(&j->body);
+    ia_free(j->resp->raw_body); /* raw_body and http_status describe the last attempt only */
+    j->resp->raw_body = NULL;
+    j->resp->http_status = 0;
     j->too_big = j->oom = false;
     j->retry_after = j->retry_after_ms = -1;
     j->should_retry = -1;
@@ -904,8 +907,9 @@ static void run_batch(ia_client *c, cl_job *jobs, int n, cl_batch *batch) {
             if (msg->msg != CURLMSG_DONE) continue;
             CURL *e = msg->easy_handle;
             CURLcode res = msg->data.result; /* msg is invalid once the handle is removed */
-            cl_job *j = NULL;
-            curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&j);
+            char *priv = NULL;
+            curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+            cl_job *j = (cl_job *)priv;
             curl_multi_remove_handle(m, e);
             attempt_end(j, res);
             curl_easy_cleanup(e);

@@ -9,9 +9,10 @@
  *                refused/broken/reset connection, a truncated body, and a 2xx body that is not
  *                JSON (a proxy's HTML page, a cut-off reply); the server's `x-should-retry:
  *                true|false` header overrides the status rule.
- *   not retried  other 4xx (400 bad request, 401 bad key, 403, 404 unknown model, 422) and a JSON
- *                2xx whose choices list is missing or empty: those fail at once with a message
- *                naming the status and the server's own error message.
+ *   not retried  other 4xx (400 bad request, 401 bad key, 403, 404 unknown model, 422), a JSON
+ *                2xx whose choices list is missing or empty (or that holds an "error"), a reply
+ *                over max_response_bytes, a malformed URL or a TLS certificate failure: those fail
+ *                at once with a message naming the status and the server's own error message.
  *   wait         Retry-After (seconds, fractional seconds or an HTTP date; `retry-after-ms` first)
  *                when 0 < value <= retry_after_max_s; otherwise exponential back-off with full
  *                jitter: uniform [0, min(backoff_max_s, backoff_base_s * 2^k)) for the k-th retry,
@@ -91,7 +92,7 @@ typedef struct ia_client_opts {
     int max_retries;             /* attempts = 1 + max_retries; < 0: 4 */
     double backoff_base_s;       /* first back-off cap (default 0.5) */
     double backoff_max_s;        /* largest back-off cap (default 8) */
-    double retry_after_max_s;    /* Retry-After above this is ignored (back-off used; default 120) */
+    double retry_after_max_s;    /* Retry-After above this is ignored (back-off used); <= 0: 120 */
     double timeout_s;            /* per attempt; <= 0: 120 */
     double connect_timeout_s;    /* <= 0: 10 */
     double budget_s;             /* all attempts and waits of one request; 0: unlimited (default 600) */
@@ -200,7 +201,7 @@ typedef struct ia_client_resp {
     bool usage_missing;
     char *model;            /* the model the server says answered; NULL if absent */
     long http_status;       /* of the last attempt; 0 when none was answered or on a cache hit */
-    double latency_s;       /* from the first attempt to the end, waits included */
+    double latency_s;       /* from the first attempt to the end, waits included (0: cache hit) */
     int attempts;           /* HTTP attempts made (0 on a cache hit) */
     bool cache_hit;
     char *request_json;     /* the body sent (canonical: sorted keys, compact); no key in it */
@@ -215,8 +216,9 @@ void ia_client_resp_clear(ia_client_resp *r);
 int ia_client_chat(ia_client *c, const ia_client_chat_req *req, ia_client_resp *resp, ia_error *err);
 
 /* n chat completions, up to max_concurrency in flight, each with its own retries, timeout and
- * budget. resps[i] and errs[i] (errs may be NULL) belong to reqs[i]. Returns IA_OK when all
- * succeeded, else the code of the first failed request in input order. */
+ * budget; attempts start in input order. resps[i] and errs[i] (errs may be NULL) belong to
+ * reqs[i]; resps are overwritten without being freed (clear earlier contents first). Returns
+ * IA_OK when all succeeded, else the code of the first failed request in input order. */
 int ia_client_chat_many(ia_client *c, const ia_client_chat_req *reqs, int n, ia_client_resp *resps,
                         ia_error *errs);
 

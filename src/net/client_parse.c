@@ -263,6 +263,12 @@ static void copy_clean(char *out, size_t cap, const char *s, size_t len) {
 
 static void append_str(char *out, size_t cap, const char *s) { copy_clean(out, cap, s, strlen(s)); }
 
+static int buf_dump_cb(const char *s, size_t n, void *ud) {
+    ia_buf *b = ud;
+    ia_buf_append(b, s, n);
+    return b->oom ? -1 : 0;
+}
+
 static bool says_quota(const json_t *v) {
     return json_is_string(v) && strcmp(json_string_value(v), "insufficient_quota") == 0;
 }
@@ -300,12 +306,16 @@ void ia_client_error_summary(const char *body, size_t len, char *out, size_t cap
             return;
         }
         json_t *detail = json_object_get(root, "detail");
+        if (json_is_string(detail)) {
+            copy_clean(out, cap, json_string_value(detail), json_string_length(detail));
+            json_decref(root);
+            return;
+        }
         if (detail) {
-            char *d = json_dumps(detail, JSON_COMPACT);
-            if (d) {
-                append_str(out, cap, d);
-                free(d); /* jansson's allocator, which is malloc here */
-            }
+            ia_buf d = {0};
+            json_dump_callback(detail, buf_dump_cb, &d, JSON_COMPACT | JSON_ENCODE_ANY);
+            if (d.data && !d.oom) append_str(out, cap, d.data);
+            ia_buf_free(&d);
             json_decref(root);
             return;
         }

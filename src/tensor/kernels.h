@@ -22,7 +22,17 @@ typedef struct ia_mm_kernel {
      * thread-invariant. */
     void (*dot)(const float *const *w, int len, const float *X, int64_t ldx, int n_tok, float *Y,
                 int64_t ldy, int nr, bool accumulate);
+    /* Optional (NULL: not provided): dequant + dot in one pass for a quantised or half type, the
+     * weights decoded in registers and never stored, for n_tok <= IA_MM_FUSED_MAX_TOK. rows holds
+     * IA_MM_ROWS row starts (rows past nr repeat a valid one); k0 and len as for dequant. Must give
+     * exactly the bits of dequant followed by dot. */
+    void (*dot_fused)(uint32_t type, const uint8_t *const *rows, int64_t k0, int len, const float *X,
+                      int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr, bool accumulate);
 } ia_mm_kernel;
+
+/* Up to this many activation rows the fused path decodes each weight row once; past it, decoding
+ * once into the stack buffer and streaming every activation row past it is cheaper. */
+#define IA_MM_FUSED_MAX_TOK 2
 
 extern const ia_mm_kernel ia_mm_kernel_scalar;
 #if defined(__x86_64__)

@@ -1,140 +1,145 @@
-/* matmul_avx512.c — AVX-512 matmul kernel: SIMD dequantisation of a row chunk and the FMA dot of
- * IA_MM_ROWS weight rows against all activation rows (compiled for x86-64 only, chosen at run time). */
+/* matmul_avx512.c — AVX-512 matmul kernel: SIMD decoding of weight rows, the FMA dot of IA_MM_ROWS
+ * weight rows against the activation rows, and the fused decode+FMA path for one or two rows
+ * (compiled for x86-64 only, chosen at run time). */
 #include "kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define INLINE __attribute__((always_inline)) inline
+
+/* Elements decoded per call of a decoder: 4 vectors of 16. */
+#define G 64
 
 /* Block scales through F16C: one instruction instead of the bit-twiddling conversion, and the
  * same value for every non-NaN half. */
-T512 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+T512 static INLINE float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-/* ---- dequantisation: the same float operations as quant.c, 16 lanes at a time ---- */
+/* ---- decoders: elements [k, k + 64) of a row (k a multiple of 64) into v[0..3], with the float
+ * operations of quant.c in the same order, so the values equal ia_dequantize_row's bit for bit ---- */
 
-T512 static inline __m512 cvt_u8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
-T512 static inline __m512 cvt_i8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
+T512 static INLINE __m512 cvt_u8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+T512 static INLINE __m512 cvt_i8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
+T512 static INLINE __m128i load16(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+T512 static INLINE void dec_f16(const uint8_t *row, int64_t k, __m512 *v) {
+    const uint16_t *h = (const uint16_t *)row + k;
+    for (int j = 0; j < 4; j++) v[j] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16 * j)));
+}
+
+T512 static INLINE void dec_bf16(const uint8_t *row, int64_t k, __m512 *v) {
+    const uint16_t *h = (const uint16_t *)row + k;
+    for (int j = 0; j < 4; j++) {
+        const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + 16 * j)));
+        v[j] = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    }
+}
+
+T512 static INLINE void dec_q8_0(const uint8_t *row, int64_t k, __m512 *v) {
+    const ia_block_q8_0 *b = (const ia_block_q8_0 *)row + k / IA_QK8_0;
+    for (int i = 0; i < 2; i++) {
+        const __m512 d = _mm512_set1_ps(h2f(b[i].d));
+        v[2 * i] = _mm512_mul_ps(cvt_i8(load16(b[i].qs)), d);
+        v[2 * i + 1] = _mm512_mul_ps(cvt_i8(load16(b[i].qs + 16)), d);
+    }
+}
+
+T512 static INLINE void dec_q4_0(const uint8_t *row, int64_t k, __m512 *v) {
+    const ia_block_q4_0 *b = (const ia_block_q4_0 *)row + k / IA_QK4_0;
+    const __m128i m4 = _mm_set1_epi8(0x0F), m8 = _mm_set1_epi8(8);
+    for (int i = 0; i < 2; i++) {
+        const __m512 d = _mm512_set1_ps(h2f(b[i].d));
+        const __m128i q = load16(b[i].qs);
+        /* low nibbles are the first 16 values, high nibbles the next 16 */
+        v[2 * i] = _mm512_mul_ps(cvt_i8(_mm_sub_epi8(_mm_and_si128(q, m4), m8)), d);
+        v[2 * i + 1] = _mm512_mul_ps(cvt_i8(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), m8)), d);
+    }
+}
+
+/* 64 values of a Q4_K block: the low nibbles of 32 qs bytes (sub-block 2c), then their high nibbles
+ * (sub-block 2c+1), each y = (d*sc)*q - dmin*m. */
+T512 static INLINE void dec_q4_K(const uint8_t *row, int64_t k, __m512 *v) {
+    const ia_block_q4_K *b = (const ia_block_q4_K *)row + k / IA_QK_K;
+    const int c = (int)(k % IA_QK_K) / 64;
+    const uint8_t *s = b->scales;
+    const float d = h2f(b->d), dmin = h2f(b->dmin);
+    int sc1, m1, sc2, m2; /* get_scale_min_k4 for sub-blocks 2c and 2c+1 */
+    if (c < 2) {
+        sc1 = s[2 * c] & 63, m1 = s[2 * c + 4] & 63;
+        sc2 = s[2 * c + 1] & 63, m2 = s[2 * c + 5] & 63;
+    } else {
+        const int j = 2 * c;
+        sc1 = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), m1 = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        sc2 = (s[j + 5] & 0x0F) | ((s[j - 3] >> 6) << 4), m2 = (s[j + 5] >> 4) | ((s[j + 1] >> 6) << 4);
+    }
+    const __m512 d1 = _mm512_set1_ps(d * (float)sc1), mm1 = _mm512_set1_ps(dmin * (float)m1);
+    const __m512 d2 = _mm512_set1_ps(d * (float)sc2), mm2 = _mm512_set1_ps(dmin * (float)m2);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const uint8_t *q = b->qs + 32 * c;
+    for (int h = 0; h < 2; h++) {
+        const __m128i x = load16(q + 16 * h);
+        v[h] = _mm512_sub_ps(_mm512_mul_ps(d1, cvt_u8(_mm_and_si128(x, m4))), mm1);
+        v[2 + h] = _mm512_sub_ps(_mm512_mul_ps(d2, cvt_u8(_mm_and_si128(_mm_srli_epi16(x, 4), m4))), mm2);
+    }
+}
+
+/* 64 values of a Q6_K block: in half hf, quarter 0 holds q1 (l < 32) then q2, quarter 1 q3 then
+ * q4; values l < 16 and l >= 16 use consecutive scales; y = (d*scale)*(q - 32). */
+T512 static INLINE void dec_q6_K(const uint8_t *row, int64_t k, __m512 *v) {
+    const ia_block_q6_K *b = (const ia_block_q6_K *)row + k / IA_QK_K;
+    const int hf = (int)(k % IA_QK_K) / 128, quarter = (int)(k % 128) / 64;
+    const uint8_t *ql = b->ql + 64 * hf, *qh = b->qh + 32 * hf;
+    const int8_t *sc = b->scales + 8 * hf + 4 * quarter;
+    const float d = h2f(b->d);
+    const __m128i m4 = _mm_set1_epi8(0x0F), m3 = _mm_set1_epi8(3), m30 = _mm_set1_epi8(0x30);
+    const __m128i m32 = _mm_set1_epi8(32);
+    for (int l = 0; l < 2; l++) {
+        const __m128i a = load16(ql + 16 * l), c = load16(ql + 32 + 16 * l), h = load16(qh + 16 * l);
+        __m128i qa, qb;
+        /* 16-bit shifts are safe: every shifted byte is masked to bits that stay inside it */
+        if (quarter == 0) {
+            qa = _mm_or_si128(_mm_and_si128(a, m4), _mm_slli_epi16(_mm_and_si128(h, m3), 4));
+            qb = _mm_or_si128(_mm_and_si128(c, m4), _mm_and_si128(_mm_slli_epi16(h, 2), m30));
+        } else {
+            qa = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_and_si128(h, m30));
+            qb = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(c, 4), m4), _mm_and_si128(_mm_srli_epi16(h, 2), m30));
+        }
+        v[l] = _mm512_mul_ps(_mm512_set1_ps(d * sc[l]), cvt_i8(_mm_sub_epi8(qa, m32)));
+        v[2 + l] = _mm512_mul_ps(_mm512_set1_ps(d * sc[2 + l]), cvt_i8(_mm_sub_epi8(qb, m32)));
+    }
+}
+
+typedef void (*dec_fn)(const uint8_t *row, int64_t k, __m512 *v);
+
+/* Whole groups through the decoder, the remainder (< 64: half types with odd lengths, or one
+ * 32-block of Q8_0/Q4_0) through the reference; the fused path splits rows the same way. */
+T512 static INLINE void dequant_with(dec_fn dec, uint32_t type, const uint8_t *row, int64_t k0, int len,
+                                     float *out) {
+    const int ng = len / G;
+    for (int g = 0; g < ng; g++) {
+        __m512 v[4];
+        dec(row, k0 + (int64_t)G * g, v);
+        for (int j = 0; j < 4; j++) _mm512_storeu_ps(out + G * g + 16 * j, v[j]);
+    }
+    if (len > G * ng) ia_mm_kernel_scalar.dequant(type, row, k0 + (int64_t)G * ng, len - G * ng, out + G * ng);
+}
 
 T512 static void dequant_avx512(uint32_t type, const void *row, int64_t k0, int len, float *out) {
     switch (type) {
-    case IA_TYPE_F16: {
-        const uint16_t *h = (const uint16_t *)row + k0;
-        int k = 0;
-        for (; k + 16 <= len; k += 16)
-            _mm512_storeu_ps(out + k, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + k))));
-        for (; k < len; k++) out[k] = ia_fp16_to_fp32(h[k]);
-        break;
-    }
-    case IA_TYPE_BF16: {
-        const uint16_t *h = (const uint16_t *)row + k0;
-        int k = 0;
-        for (; k + 16 <= len; k += 16) {
-            const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + k)));
-            _mm512_storeu_ps(out + k, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
-        }
-        for (; k < len; k++) out[k] = ia_bf16_to_fp32(h[k]);
-        break;
-    }
-    case IA_TYPE_Q8_0: {
-        const ia_block_q8_0 *b = (const ia_block_q8_0 *)row + k0 / IA_QK8_0;
-        for (int i = 0; i < len / IA_QK8_0; i++, out += IA_QK8_0) {
-            const __m512 d = _mm512_set1_ps(h2f(b[i].d));
-            const __m128i q0 = _mm_loadu_si128((const __m128i *)b[i].qs);
-            const __m128i q1 = _mm_loadu_si128((const __m128i *)(b[i].qs + 16));
-            _mm512_storeu_ps(out, _mm512_mul_ps(cvt_i8(q0), d));
-            _mm512_storeu_ps(out + 16, _mm512_mul_ps(cvt_i8(q1), d));
-        }
-        break;
-    }
-    case IA_TYPE_Q4_0: {
-        const ia_block_q4_0 *b = (const ia_block_q4_0 *)row + k0 / IA_QK4_0;
-        const __m128i m4 = _mm_set1_epi8(0x0F), m8 = _mm_set1_epi8(8);
-        for (int i = 0; i < len / IA_QK4_0; i++, out += IA_QK4_0) {
-            const __m512 d = _mm512_set1_ps(h2f(b[i].d));
-            const __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
-            const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, m4), m8);
-            const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), m8);
-            _mm512_storeu_ps(out, _mm512_mul_ps(cvt_i8(lo), d));
-            _mm512_storeu_ps(out + 16, _mm512_mul_ps(cvt_i8(hi), d));
-        }
-        break;
-    }
-    case IA_TYPE_Q4_K: {
-        const ia_block_q4_K *b = (const ia_block_q4_K *)row + k0 / IA_QK_K;
-        const __m128i m4 = _mm_set1_epi8(0x0F);
-        for (int i = 0; i < len / IA_QK_K; i++) {
-            const float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
-            const uint8_t *sc = b[i].scales;
-            for (int j = 0; j < 8; j += 2) {
-                const uint8_t *q = b[i].qs + 16 * j;
-                /* get_scale_min_k4 for sub-blocks j (low nibbles) and j+1 (high nibbles) */
-                float dd[2], mm[2];
-                for (int u = 0; u < 2; u++) {
-                    const int jj = j + u;
-                    int s, m;
-                    if (jj < 4) {
-                        s = sc[jj] & 63;
-                        m = sc[jj + 4] & 63;
-                    } else {
-                        s = (sc[jj + 4] & 0x0F) | ((sc[jj - 4] >> 6) << 4);
-                        m = (sc[jj + 4] >> 4) | ((sc[jj] >> 6) << 4);
-                    }
-                    dd[u] = d * (float)s;
-                    mm[u] = dmin * (float)m;
-                }
-                const __m512 d1 = _mm512_set1_ps(dd[0]), m1 = _mm512_set1_ps(mm[0]);
-                const __m512 d2 = _mm512_set1_ps(dd[1]), m2 = _mm512_set1_ps(mm[1]);
-                for (int h = 0; h < 32; h += 16) {
-                    const __m128i v = _mm_loadu_si128((const __m128i *)(q + h));
-                    const __m128i lo = _mm_and_si128(v, m4);
-                    const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-                    _mm512_storeu_ps(out + h, _mm512_sub_ps(_mm512_mul_ps(d1, cvt_u8(lo)), m1));
-                    _mm512_storeu_ps(out + 32 + h, _mm512_sub_ps(_mm512_mul_ps(d2, cvt_u8(hi)), m2));
-                }
-                out += 64;
-            }
-        }
-        break;
-    }
-    case IA_TYPE_Q6_K: {
-        const ia_block_q6_K *b = (const ia_block_q6_K *)row + k0 / IA_QK_K;
-        const __m128i m4 = _mm_set1_epi8(0x0F), m3 = _mm_set1_epi8(3), m30 = _mm_set1_epi8(0x30);
-        const __m128i m32 = _mm_set1_epi8(32);
-        for (int i = 0; i < len / IA_QK_K; i++) {
-            const float d = h2f(b[i].d);
-            const uint8_t *ql = b[i].ql, *qh = b[i].qh;
-            const int8_t *sc = b[i].scales;
-            for (int half = 0; half < 2; half++, out += 128, ql += 64, qh += 32, sc += 8) {
-                for (int l = 0; l < 32; l += 16) {
-                    const int is = l / 16;
-                    const __m128i a = _mm_loadu_si128((const __m128i *)(ql + l));
-                    const __m128i c = _mm_loadu_si128((const __m128i *)(ql + l + 32));
-                    const __m128i h = _mm_loadu_si128((const __m128i *)(qh + l));
-                    /* 16-bit shifts are safe: every shifted byte is masked to bits that stay inside it */
-                    const __m128i q1 = _mm_or_si128(_mm_and_si128(a, m4), _mm_slli_epi16(_mm_and_si128(h, m3), 4));
-                    const __m128i q2 = _mm_or_si128(_mm_and_si128(c, m4), _mm_and_si128(_mm_slli_epi16(h, 2), m30));
-                    const __m128i q3 = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_and_si128(h, m30));
-                    const __m128i q4 = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(c, 4), m4),
-                                                    _mm_and_si128(_mm_srli_epi16(h, 2), m30));
-                    _mm512_storeu_ps(out + l, _mm512_mul_ps(_mm512_set1_ps(d * sc[is + 0]), cvt_i8(_mm_sub_epi8(q1, m32))));
-                    _mm512_storeu_ps(out + l + 32, _mm512_mul_ps(_mm512_set1_ps(d * sc[is + 2]), cvt_i8(_mm_sub_epi8(q2, m32))));
-                    _mm512_storeu_ps(out + l + 64, _mm512_mul_ps(_mm512_set1_ps(d * sc[is + 4]), cvt_i8(_mm_sub_epi8(q3, m32))));
-                    _mm512_storeu_ps(out + l + 96, _mm512_mul_ps(_mm512_set1_ps(d * sc[is + 6]), cvt_i8(_mm_sub_epi8(q4, m32))));
-                }
-            }
-        }
-        break;
-    }
-    default: /* F32 and anything else: the reference */
-        ia_mm_kernel_scalar.dequant(type, row, k0, len, out);
-        break;
+    case IA_TYPE_F16: dequant_with(dec_f16, type, row, k0, len, out); break;
+    case IA_TYPE_BF16: dequant_with(dec_bf16, type, row, k0, len, out); break;
+    case IA_TYPE_Q8_0: dequant_with(dec_q8_0, type, row, k0, len, out); break;
+    case IA_TYPE_Q4_0: dequant_with(dec_q4_0, type, row, k0, len, out); break;
+    case IA_TYPE_Q4_K: dequant_with(dec_q4_K, type, row, k0, len, out); break;
+    case IA_TYPE_Q6_K: dequant_with(dec_q6_K, type, row, k0, len, out); break;
+    default: ia_mm_kernel_scalar.dequant(type, row, k0, len, out); break; /* F32 */
     }
 }
 
 /* ---- dot ---- */
 
-T512 static inline float hsum512(__m512 v) {
+T512 static INLINE float hsum512(__m512 v) {
     const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -142,15 +147,15 @@ T512 static inline float hsum512(__m512 v) {
     return _mm_cvtss_f32(s);
 }
 
-T512 static inline void store_sum(float *y, __m512 acc, bool accumulate) {
+T512 static INLINE void store_sum(float *y, __m512 acc, bool accumulate) {
     const float s = hsum512(acc);
     *y = accumulate ? *y + s : s;
 }
 
-/* One accumulator of 16 lanes per (t, r): lane l sums elements k = l mod 16; the last partial
- * vector is a masked load, so the sequence of operations for a (t, r) is fixed by len alone. Two
- * activation rows share each weight load when n_tok allows; that only interleaves independent
- * accumulators and does not change any of them. */
+/* One accumulator of 16 lanes per (t, r): lane l sums elements k = l mod 16 in increasing k; the
+ * last partial vector is a masked load, so the sequence of operations for a (t, r) is fixed by len
+ * alone. Two activation rows share each weight load when n_tok allows; that only interleaves
+ * independent accumulators and does not change any of them. */
 T512 static void dot_avx512(const float *const *w, int len, const float *X, int64_t ldx, int n_tok,
                             float *Y, int64_t ldy, int nr, bool accumulate) {
     enum { R = IA_MM_ROWS };
@@ -205,6 +210,96 @@ T512 static void dot_avx512(const float *const *w, int len, const float *X, int6
     }
 }
 
-const ia_mm_kernel ia_mm_kernel_avx512 = {"avx512", dequant_avx512, dot_avx512};
+/* ---- fused decode + dot for one or two activation rows ---- */
+
+/* NT (1 or 2) activation rows against IA_MM_ROWS weight rows over one chunk. Each accumulator gets
+ * exactly the FMAs dot_avx512 would give it (same values, same k order, same masked tail), so the
+ * result does not depend on which path ran. */
+T512 static INLINE void fused_tile(dec_fn dec, const int NT, const uint8_t *const *rows, int64_t k0,
+                                   int len, const float (*rest)[G], const float *x0, const float *x1,
+                                   float *y0, float *y1, int nr, bool accumulate) {
+    enum { R = IA_MM_ROWS };
+    const int ng = len / G, nrest = len - G * ng, nv = nrest & ~15;
+    const __mmask16 tail = (__mmask16)((1u << (nrest - nv)) - 1u);
+    __m512 a0[R], a1[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512 u0[4], u1[4];
+        for (int j = 0; j < 4; j++) {
+            u0[j] = _mm512_loadu_ps(x0 + G * g + 16 * j);
+            if (NT == 2) u1[j] = _mm512_loadu_ps(x1 + G * g + 16 * j);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 v[4];
+            dec(rows[r], k0 + (int64_t)G * g, v);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                a0[r] = _mm512_fmadd_ps(v[j], u0[j], a0[r]);
+                if (NT == 2) a1[r] = _mm512_fmadd_ps(v[j], u1[j], a1[r]);
+            }
+        }
+    }
+    if (nrest) { /* the remainder was decoded by the reference into rest[r] */
+        const float *xr0 = x0 + G * ng, *xr1 = x1 + G * ng;
+        for (int k = 0; k < nv; k += 16) {
+            const __m512 u0 = _mm512_loadu_ps(xr0 + k), u1 = NT == 2 ? _mm512_loadu_ps(xr1 + k) : u0;
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                const __m512 wv = _mm512_loadu_ps(rest[r] + k);
+                a0[r] = _mm512_fmadd_ps(wv, u0, a0[r]);
+                if (NT == 2) a1[r] = _mm512_fmadd_ps(wv, u1, a1[r]);
+            }
+        }
+        if (tail) {
+            const __m512 u0 = _mm512_maskz_loadu_ps(tail, xr0 + nv);
+            const __m512 u1 = NT == 2 ? _mm512_maskz_loadu_ps(tail, xr1 + nv) : u0;
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                const __m512 wv = _mm512_maskz_loadu_ps(tail, rest[r] + nv);
+                a0[r] = _mm512_fmadd_ps(wv, u0, a0[r]);
+                if (NT == 2) a1[r] = _mm512_fmadd_ps(wv, u1, a1[r]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) {
+        store_sum(y0 + r, a0[r], accumulate);
+        if (NT == 2) store_sum(y1 + r, a1[r], accumulate);
+    }
+}
+
+T512 static INLINE void fused_with(dec_fn dec, uint32_t type, const uint8_t *const *rows, int64_t k0,
+                                   int len, const float *X, int64_t ldx, int n_tok, float *Y,
+                                   int64_t ldy, int nr, bool accumulate) {
+    float rest[IA_MM_ROWS][G] __attribute__((aligned(64)));
+    const int ng = len / G;
+    if (len > G * ng)
+        for (int r = 0; r < IA_MM_ROWS; r++)
+            ia_mm_kernel_scalar.dequant(type, rows[r], k0 + (int64_t)G * ng, len - G * ng, rest[r]);
+    int t = 0;
+    for (; t + 2 <= n_tok; t += 2)
+        fused_tile(dec, 2, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + (t + 1) * ldx,
+                   Y + t * ldy, Y + (t + 1) * ldy, nr, accumulate);
+    if (t < n_tok)
+        fused_tile(dec, 1, rows, k0, len, (const float(*)[G])rest, X + t * ldx, NULL, Y + t * ldy, NULL,
+                   nr, accumulate);
+}
+
+T512 static void dot_fused_avx512(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
+                                  const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr,
+                                  bool accumulate) {
+    switch (type) {
+    case IA_TYPE_F16: fused_with(dec_f16, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+    case IA_TYPE_BF16: fused_with(dec_bf16, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+    case IA_TYPE_Q8_0: fused_with(dec_q8_0, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+    case IA_TYPE_Q4_0: fused_with(dec_q4_0, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+    case IA_TYPE_Q4_K: fused_with(dec_q4_K, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+    case IA_TYPE_Q6_K: fused_with(dec_q6_K, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+    default: IA_ASSERT(!"dot_fused: type without a decoder");
+    }
+}
+
+const ia_mm_kernel ia_mm_kernel_avx512 = {"avx512", dequant_avx512, dot_avx512, dot_fused_avx512};
 
 #endif /* __x86_64__ */
