@@ -62,7 +62,7 @@ static void dot_scalar(const float *const *w, int len, const float *X, int64_t l
     }
 }
 
-const ia_mm_kernel ia_mm_kernel_scalar = {"scalar", dequant_scalar, dot_scalar};
+const ia_mm_kernel ia_mm_kernel_scalar = {"scalar", dequant_scalar, dot_scalar, NULL};
 
 /* ==== kernel selection ==== */
 
@@ -147,6 +147,7 @@ void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_to
     const size_t rs = ia_type_row_size(wtype, n_in);
     const int n_blk = (n_out + IA_MM_ROWS - 1) / IA_MM_ROWS;
     const bool is_f32 = wtype == IA_TYPE_F32;
+    const bool fused = !is_f32 && kern->dot_fused && n_tok <= IA_MM_FUSED_MAX_TOK;
     /* threads only pay off past a few hundred thousand multiply-adds; the split never changes the
      * result, since every (t, o) is computed whole by one thread with the same code */
     const bool par = n_blk > 1 && (double)n_tok * n_in * n_out > 2e5;
@@ -156,6 +157,15 @@ void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_to
         const float *w[IA_MM_ROWS];
         const int o0 = b * IA_MM_ROWS;
         const int nr = n_out - o0 < IA_MM_ROWS ? n_out - o0 : IA_MM_ROWS;
+        if (fused) {
+            const uint8_t *rows[IA_MM_ROWS];
+            for (int r = 0; r < IA_MM_ROWS; r++) rows[r] = (const uint8_t *)W + (size_t)(o0 + (r < nr ? r : nr - 1)) * rs;
+            for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
+                const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK;
+                kern->dot_fused(wtype, rows, k0, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
+            }
+            continue;
+        }
         for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
             const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK;
             for (int r = 0; r < IA_MM_ROWS; r++) {

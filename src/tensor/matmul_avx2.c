@@ -213,6 +213,6 @@ T256 static void dot_avx2(const float *const *w, int len, const float *X, int64_
     }
 }
 
-const ia_mm_kernel ia_mm_kernel_avx2 = {"avx2", dequant_avx2, dot_avx2};
+const ia_mm_kernel ia_mm_kernel_avx2 = {"avx2", dequant_avx2, dot_avx2, NULL};
 
 #endif /* __x86_64__ */

@@ -282,8 +282,8 @@ T512 static INLINE void fused_with(dec_fn dec, uint32_t type, const uint8_t *con
         fused_tile(dec, 2, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + (t + 1) * ldx,
                    Y + t * ldy, Y + (t + 1) * ldy, nr, accumulate);
     if (t < n_tok)
-        fused_tile(dec, 1, rows, k0, len, (const float(*)[G])rest, X + t * ldx, NULL, Y + t * ldy, NULL,
-                   nr, accumulate);
+        fused_tile(dec, 1, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + t * ldx, Y + t * ldy,
+                   Y + t * ldy, nr, accumulate);
 }
 
 T512 static void dot_fused_avx512(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
