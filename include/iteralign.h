@@ -124,6 +124,10 @@ const char *ia_chat_template_name(ia_chat_template_id id);
  * or NULL (err set) for an unknown template. The result never starts with a BOS token text. */
 char *ia_chat_apply(ia_chat_template_id id, const ia_chat_msg *msgs, int n_msgs, bool add_assistant,
                     ia_error *err);
+/* As ia_chat_apply, with the model's EOS token text (e.g. "</s>") for templates whose turns end
+ * with eos_token (zephyr: Zephyr-7B, TinyLlama-chat). NULL: the template's default. */
+char *ia_chat_apply_eos(ia_chat_template_id id, const ia_chat_msg *msgs, int n_msgs, bool add_assistant,
+                        const char *eos_text, ia_error *err);
 
 /* ---- sampling ------------------------------------------------------------------------------- */
 #define IA_MAX_STOP 8

@@ -1,6 +1,6 @@
 /* chat_driver.c — command-line shim over the chat-template calls, for tests/t_chat_templates.sh:
  *   chat_driver detect FILE                 prints the name ia_chat_template_detect gives FILE's text
- *   chat_driver apply NAME ADD_ASS CONV     writes ia_chat_apply's bytes to stdout (ADD_ASS 0|1)
+ *   chat_driver apply NAME ADD_ASS CONV [EOS] writes ia_chat_apply_eos's bytes to stdout (ADD_ASS 0|1)
  *   chat_driver strip-bos BOS FILE          writes FILE's text without its leading BOS text
  * CONV holds the messages as role NUL content NUL role NUL content NUL ..., so any bytes but NUL
  * survive the trip from the Python oracle unchanged. */
@@ -13,7 +13,7 @@ static int fail(const char *what) {
     return 2;
 }
 
-static int cmd_apply(const char *name, const char *add_ass, const char *path) {
+static int cmd_apply(const char *name, const char *add_ass, const char *path, const char *eos) {
     ia_error err = {0};
     size_t len = 0;
     char *data = ia_file_read(path, &len, &err);
@@ -33,7 +33,7 @@ static int cmd_apply(const char *name, const char *add_ass, const char *path) {
         p += strlen(p) + 1;
     }
     ia_chat_template_id id = ia_chat_template_from_name(name);
-    char *out = ia_chat_apply(id, msgs, n, strcmp(add_ass, "1") == 0, &err);
+    char *out = ia_chat_apply_eos(id, msgs, n, strcmp(add_ass, "1") == 0, eos, &err);
     int rc = 0;
     if (out) fwrite(out, 1, strlen(out), stdout);
     else rc = fail(err.msg);
@@ -52,7 +52,8 @@ int main(int argc, char **argv) {
         ia_free(src);
         return 0;
     }
-    if (argc == 5 && strcmp(argv[1], "apply") == 0) return cmd_apply(argv[2], argv[3], argv[4]);
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "apply") == 0)
+        return cmd_apply(argv[2], argv[3], argv[4], argc == 6 ? argv[5] : NULL);
     if (argc == 4 && strcmp(argv[1], "strip-bos") == 0) {
         char *src = ia_file_read(argv[3], NULL, &err);
         if (!src) return fail(err.msg);

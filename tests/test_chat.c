@@ -27,8 +27,8 @@ static void test_detect_shipped_templates(void **state) {
         {"mistral-v1", IA_CHAT_TEMPLATE_MISTRAL_V1},
         {"mistral-v3", IA_CHAT_TEMPLATE_MISTRAL_V3},
         {"mistral-v7", IA_CHAT_TEMPLATE_MISTRAL_V7},
-        /* <|user|> + <|assistant|>: llama.cpp picks glmedge, which this library does not have */
-        {"zephyr", IA_CHAT_TEMPLATE_UNKNOWN},
+        /* <|user|> + <|assistant|> + eos_token: llama.cpp picks glmedge; we format it as Zephyr */
+        {"zephyr", IA_CHAT_TEMPLATE_ZEPHYR},
         {"gemma-it", IA_CHAT_TEMPLATE_GEMMA},
         {"phi3", IA_CHAT_TEMPLATE_PHI3},
         {"vicuna", IA_CHAT_TEMPLATE_VICUNA},

@@ -81,10 +81,17 @@ ia_chat_template_id ia_chat_template_detect(const char *src) {
     if (has(src, "<|assistant|>") && has(src, "<|end|>")) return IA_CHAT_TEMPLATE_PHI3;
     /* 5. ChatGLM4 */
     if (has(src, "[gMASK]<sop>")) return IA_CHAT_TEMPLATE_UNKNOWN;
-    /* 6. <|user|> + <|assistant|>: llama.cpp says exaone-moe / falcon3 / glmedge. Note that this
-     * catches the HuggingFaceH4 Zephyr and TinyLlama-chat templates too (they write eos_token,
-     * not a literal "<|endoftext|>"), so llama.cpp never reaches its zephyr rule for them. */
-    if (has(src, "<|assistant|>") && has(src, "<|user|>")) return IA_CHAT_TEMPLATE_UNKNOWN;
+    /* 6. <|user|> + <|assistant|>: llama.cpp says exaone-moe / falcon3 / glmedge. That also
+     * catches the HuggingFaceH4 Zephyr and TinyLlama-chat templates (they end turns with the
+     * eos_token variable, not a literal), which llama.cpp then formats wrongly as glmedge. We
+     * depart from llama.cpp here on purpose: a template that ends turns with eos_token and has
+     * neither exaone's tool marker nor falcon3's literal "</s>" is Zephyr, formatted with the
+     * model's EOS text (ia_chat_apply_eos). */
+    if (has(src, "<|assistant|>") && has(src, "<|user|>")) {
+        if (has(src, "eos_token") && !has(src, "<|tool_declare|>") && !has(src, "</s>"))
+            return IA_CHAT_TEMPLATE_ZEPHYR;
+        return IA_CHAT_TEMPLATE_UNKNOWN;
+    }
     if (has(src, "<|{{ item['role'] }}|>") && has(src, "<|begin_of_image|>")) return IA_CHAT_TEMPLATE_UNKNOWN;
     /* 7. Zephyr (StableLM style: literal <|endoftext|>) */
     if (has(src, "<|user|>") && has(src, "<|endoftext|>")) return IA_CHAT_TEMPLATE_ZEPHYR;
@@ -245,6 +252,11 @@ static void fmt_vicuna(ia_buf *b, const ia_chat_msg *m, int n, bool add_ass, boo
 
 char *ia_chat_apply(ia_chat_template_id id, const ia_chat_msg *msgs, int n_msgs, bool add_assistant,
                     ia_error *err) {
+    return ia_chat_apply_eos(id, msgs, n_msgs, add_assistant, NULL, err);
+}
+
+char *ia_chat_apply_eos(ia_chat_template_id id, const ia_chat_msg *msgs, int n_msgs, bool add_assistant,
+                        const char *eos_text, ia_error *err) {
     if (!valid_id((int)id)) {
         ia_error_set(err, IA_ERR_ARG, "unknown chat template (id %d); known templates: %s", (int)id,
                      ia_chat_template_names());
@@ -279,7 +291,11 @@ char *ia_chat_apply(ia_chat_template_id id, const ia_chat_msg *msgs, int n_msgs,
     case IA_CHAT_TEMPLATE_MISTRAL_V7:
     case IA_CHAT_TEMPLATE_MISTRAL_V7_TEKKEN: fmt_mistral_v7(&b, msgs, n_msgs, (int)id); break;
     case IA_CHAT_TEMPLATE_LLAMA3: fmt_llama3(&b, msgs, n_msgs, add_assistant); break;
-    case IA_CHAT_TEMPLATE_ZEPHYR: fmt_role_pipes(&b, msgs, n_msgs, add_assistant, "<|endoftext|>"); break;
+    case IA_CHAT_TEMPLATE_ZEPHYR:
+        /* llama.cpp's zephyr writes StableLM's "<|endoftext|>"; Zephyr-7B and TinyLlama end turns with
+         * their EOS token ("</s>"), which the caller passes */
+        fmt_role_pipes(&b, msgs, n_msgs, add_assistant, eos_text && *eos_text ? eos_text : "<|endoftext|>");
+        break;
     case IA_CHAT_TEMPLATE_PHI3: fmt_role_pipes(&b, msgs, n_msgs, add_assistant, "<|end|>"); break;
     case IA_CHAT_TEMPLATE_GEMMA: fmt_gemma(&b, msgs, n_msgs, add_assistant); break;
     case IA_CHAT_TEMPLATE_VICUNA: fmt_vicuna(&b, msgs, n_msgs, add_assistant, false); break;

@@ -193,15 +193,18 @@ int cmd_generate(int argc, char **argv) {
             tid = ia_chat_template_detect(src);
             if (!tid) { cli_fail("%s: chat template not recognised; name one with --chat-template", model); goto out; }
         }
+        int32_t eos = ia_tokenizer_eos(ia_model_tokenizer(m));
+        char *eos_text = eos >= 0 ? ia_tokenizer_decode(ia_model_tokenizer(m), &eos, 1, true) : NULL;
         formatted = ia_calloc((size_t)n, sizeof(char *));
         for (int i = 0; i < n; i++) {
             ia_chat_msg msgs[2];
             int k = 0;
             if (system) msgs[k++] = (ia_chat_msg){"system", system};
             msgs[k++] = (ia_chat_msg){"user", prompts[i]};
-            formatted[i] = ia_chat_apply(tid, msgs, k, true, &err);
-            if (!formatted[i]) { cli_fail_err(&err); goto out; }
+            formatted[i] = ia_chat_apply_eos(tid, msgs, k, true, eos_text, &err);
+            if (!formatted[i]) { ia_free(eos_text); cli_fail_err(&err); goto out; }
         }
+        ia_free(eos_text);
         use = (const char *const *)formatted;
         go.parse_special = true;
     }

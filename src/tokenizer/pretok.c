@@ -231,18 +231,39 @@ void ia_tok_pretok_free(ia_tokenizer *t) {
     t->gctx = NULL;
 }
 
+/* Per-call matching state. The big JIT stack is made only when a word needs more backtracking
+ * room than the default 32 KiB (creating one maps memory, too slow to do for every short text). */
+typedef struct split_ctx {
+    pcre2_match_data *md;
+    pcre2_match_context *mctx; /* NULL until needed */
+    pcre2_jit_stack *stack;
+} split_ctx;
+
+static int big_stack(const ia_tokenizer *t, split_ctx *c) {
+    if (c->mctx) return 0;
+    c->mctx = pcre2_match_context_create(t->gctx);
+    c->stack = pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, t->gctx);
+    if (!c->mctx || !c->stack) return -1;
+    pcre2_jit_stack_assign(c->mctx, NULL, c->stack);
+    return 0;
+}
+
 /* Runs one regex over one word (subject = the word alone, so that lookaheads and $ see its end, as
  * in llama.cpp), appending matches and the gaps between them to out. */
-static int split_one(const ia_tokenizer *t, int ri, pcre2_match_data *md, pcre2_match_context *mctx,
-                     const char *text, ia_tok_span w, ia_tok_spans *out, ia_error *err) {
+static int split_one(const ia_tokenizer *t, int ri, split_ctx *c, const char *text, ia_tok_span w, ia_tok_spans *out,
+                     ia_error *err) {
     const pcre2_code *re = t->regex[ri];
     PCRE2_SPTR subj = (PCRE2_SPTR)(text + w.off);
     size_t pos = 0, gap = 0;
     while (pos < w.len) {
-        int rc = pcre2_match(re, subj, w.len, pos, 0, md, mctx);
+        int rc = pcre2_match(re, subj, w.len, pos, 0, c->md, c->mctx);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !c->mctx) {
+            if (big_stack(t, c) != 0) goto oom;
+            rc = pcre2_match(re, subj, w.len, pos, 0, c->md, c->mctx);
+        }
         if (rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT) {
             /* pathological input: retry with the interpreter, whose backtracking lives on the heap */
-            rc = pcre2_match(re, subj, w.len, pos, PCRE2_NO_JIT, md, mctx);
+            rc = pcre2_match(re, subj, w.len, pos, PCRE2_NO_JIT, c->md, c->mctx);
         }
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
@@ -252,7 +273,7 @@ static int split_one(const ia_tokenizer *t, int ri, pcre2_match_data *md, pcre2_
                                 "tokenizer: pre-tokenizer '%s' regex %d failed on a %zu-byte word: %s", t->pre_name,
                                 ri, w.len, (const char *)msg);
         }
-        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
         size_t ms = ov[0], me = ov[1];
         if (me <= ms) { /* empty match: step over one character and keep looking */
             int l = ms < w.len ? ia_tok_utf8_len(subj + ms, w.len - ms) : 1;
@@ -271,26 +292,19 @@ oom:
 
 int ia_tok_pretok_split(const ia_tokenizer *t, const char *text, size_t len, ia_tok_spans *out, ia_error *err) {
     ia_tok_spans cur = {0}, next = {0};
-    pcre2_match_data *md = NULL;
-    pcre2_match_context *mctx = NULL;
-    pcre2_jit_stack *stack = NULL;
+    split_ctx c = {0};
     int rc = IA_ERR_NOMEM;
     if (!ia_tok_spans_push(&cur, 0, len)) goto oom;
-    mctx = pcre2_match_context_create(t->gctx);
-    /* a JIT stack larger than the 32 KiB default, for long runs that need backtracking */
-    stack = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, t->gctx);
-    if (!mctx || !stack) goto oom;
-    pcre2_jit_stack_assign(mctx, NULL, stack);
     for (int ri = 0; ri < t->n_regex; ri++) {
-        md = pcre2_match_data_create_from_pattern(t->regex[ri], t->gctx);
-        if (!md) goto oom;
+        c.md = pcre2_match_data_create_from_pattern(t->regex[ri], t->gctx);
+        if (!c.md) goto oom;
         next.n = 0;
         for (size_t i = 0; i < cur.n; i++) {
-            rc = split_one(t, ri, md, mctx, text, cur.v[i], &next, err);
+            rc = split_one(t, ri, &c, text, cur.v[i], &next, err);
             if (rc != IA_OK) goto done;
         }
-        pcre2_match_data_free(md);
-        md = NULL;
+        pcre2_match_data_free(c.md);
+        c.md = NULL;
         ia_tok_spans tmp = cur;
         cur = next;
         next = tmp;
@@ -303,9 +317,9 @@ int ia_tok_pretok_split(const ia_tokenizer *t, const char *text, size_t len, ia_
 oom:
     rc = ia_error_set(err, IA_ERR_NOMEM, "tokenizer: out of memory");
 done:
-    pcre2_match_data_free(md);
-    pcre2_jit_stack_free(stack);
-    pcre2_match_context_free(mctx);
+    pcre2_match_data_free(c.md);
+    pcre2_jit_stack_free(c.stack);
+    pcre2_match_context_free(c.mctx);
     ia_free(cur.v);
     ia_free(next.v);
     return rc;
