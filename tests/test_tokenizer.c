@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "gguf/gguf.h"
+#include "tokenizer/tok_internal.h" /* ia_tok_pretok_name_at */
 #include "tokenizer/tokenizer.h"
 
 #define VOCAB_DIR TEST_DATA "/tokenizer"
@@ -373,7 +374,8 @@ static void test_bpe_basics(void **state) {
 
 static char *make_text(size_t n, unsigned seed) {
     static const char *const words[] = {"the ", "quick ", "brown ", "fox ", "jumps ", "over ", "lazy ", "dog. ",
-                                        "\xc3\xa4pfel ", "\xe4\xb8\xad\xe6\x96\x87 ", "123 ", "\n", "  ", "\xf0\x9f\xa6\x81 "};
+                                        "\xc3\xa4pfel ", "\xe4\xb8\xad\xe6\x96\x87 ", "123 ", "\n", "  ",
+                                        "\xf0\x9f\xa6\x81 "};
     char *s = malloc(n + 1);
     size_t o = 0;
     while (o < n) {
@@ -554,24 +556,51 @@ static void test_synthetic_bpe(void **state) {
     ia_tokenizer_free(t);
 }
 
-/* Every pre-tokenizer name llama.cpp knows (and we map) compiles and tokenizes. */
+/* Every pre-tokenizer name in the table compiles, tokenizes and round-trips. */
 static void test_all_pretokenizers(void **state) {
     (void)state;
-    static const char *const names[] = {
-        "default", "llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe", "chatglm-bpe",
-        "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon", "gpt-2", "phi-2", "mpt", "olmo", "jais",
-        "starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "qwen2",
-        "deepseek-r1-qwen", "stablelm2", "megrez", "poro-chat", "bloom", "gpt3-finnish", "viking", "tekken",
-        "gpt-4o", "llama4", "chameleon", "bailingmoe", "seed-coder", "exaone-moe", "hunyuan", "grok-2"};
     synth s;
     synth_bpe(&s);
-    static const char text[] = "Hello, y'all! 3333 \xe4\xbd\xa0\xe5\xa5\xbd  world\n\n\t x=1+2 <sentinel:3>";
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    static const char text[] = "Hello, y'all! 3333 \xe4\xbd\xa0\xe5\xa5\xbd  world\n\n\t x=1+2 <sentinel:3> IMGIMGABZ";
+    int n = 0;
+    for (const char *name; (name = ia_tok_pretok_name_at(n)) != NULL; n++) {
         ia_error err = {0};
-        ia_tokenizer *t = synth_load(&s, "gpt2", names[i], NULL, &err);
-        if (!t) fail_msg("pre '%s': %s", names[i], err.msg);
-        assert_string_equal(ia_tokenizer_pre_name(t), names[i]);
+        ia_tokenizer *t = synth_load(&s, "gpt2", name, NULL, &err);
+        if (!t) fail_msg("pre '%s': %s", name, err.msg);
+        assert_string_equal(ia_tokenizer_pre_name(t), name);
         assert_roundtrip(t, text, sizeof text - 1, false);
+        ia_tokenizer_free(t);
+    }
+    printf("# %d pre-tokenizer names load\n", n);
+    assert_true(n >= 40);
+    assert_null(ia_tok_pretok_name_at(-1));
+}
+
+/* Word splits of the main pre-tokenizers (checked by hand against the Hugging Face regexes). */
+static void test_pretok_splits(void **state) {
+    (void)state;
+    static const char text[] = "Hello, y'ALL! 12345  \n\n world\tx 3.14 \xc3\x84pfel";
+    static const struct { const char *pre, *want; } cases[] = {
+        {"llama-bpe", "[Hello][,][ y]['ALL][!][ ][123][45][  \n\n][ world][\tx][ ][3][.][14][ \xc3\x84pfel]"},
+        {"qwen2", "[Hello][,][ y]['ALL][!][ ][1][2][3][4][5][  \n\n][ world][\tx][ ][3][.][1][4][ \xc3\x84pfel]"},
+        {"gpt-2", "[Hello][,][ y]['][ALL][!][ 12345][  \n\n][ world][\t][x][ 3][.][14][ \xc3\x84pfel]"},
+        {"smollm", "[Hello][,][ y]['][ALL][!][ ][1][2][3][4][5][  \n\n][ world][\t][x][ ][3][.][1][4][ \xc3\x84pfel]"},
+        {"default", "[Hello][,][ y]['][ALL][!][ ][123][45][  \n\n][ world][\t][x][ ][3][.][14][ \xc3\x84pfel]"},
+    };
+    synth s;
+    synth_bpe(&s);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ia_error err = {0};
+        ia_tokenizer *t = synth_load(&s, "gpt2", cases[i].pre, NULL, &err);
+        if (!t) fail_msg("%s", err.msg);
+        ia_tok_spans sp = {0};
+        assert_int_equal(ia_tok_pretok_split(t, text, sizeof text - 1, &sp, &err), IA_OK);
+        ia_buf b = {0};
+        for (size_t k = 0; k < sp.n; k++) ia_buf_printf(&b, "[%.*s]", (int)sp.v[k].len, text + sp.v[k].off);
+        char *got = ia_buf_take(&b);
+        if (strcmp(got, cases[i].want) != 0) fail_msg("%s: got %s", cases[i].pre, got);
+        ia_free(got);
+        ia_free(sp.v);
         ia_tokenizer_free(t);
     }
 }
@@ -588,9 +617,18 @@ static void tw_types_short(gguf_writer *w, synth *s) {
     (void)s;
     gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (int32_t[]){1, 1}, 2);
 }
-static void tw_bos_range(gguf_writer *w, synth *s) { gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)s->n_tokens); }
-static void tw_eos_range(gguf_writer *w, synth *s) { (void)s; gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 1000000); }
-static void tw_eos_none(gguf_writer *w, synth *s) { (void)s; gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 0xFFFFFFFFu); }
+static void tw_bos_range(gguf_writer *w, synth *s) {
+    gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)s->n_tokens);
+}
+static void tw_eos_range(gguf_writer *w, synth *s) {
+    (void)s; gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 1000000);
+}
+static void tw_eos_none(gguf_writer *w, synth *s) {
+    (void)s; gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 0xFFFFFFFFu);
+}
+static void tw_eot_range(gguf_writer *w, synth *s) {
+    (void)s; gguf_writer_set_u32(w, "tokenizer.ggml.eot_token_id", 1000000);
+}
 static void tw_bad_merge(gguf_writer *w, synth *s) {
     (void)s;
     const char *m[] = {"h e", "zz q"};
@@ -610,8 +648,12 @@ static void tw_dup_token(gguf_writer *w, synth *s) {
     s->tokens[263] = s->tokens[5];
     gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", s->tokens, NULL, s->n_tokens);
 }
-static void tw_bos_string(gguf_writer *w, synth *s) { (void)s; gguf_writer_set_str(w, "tokenizer.ggml.bos_token_id", "1"); }
-static void tw_add_bos_str(gguf_writer *w, synth *s) { (void)s; gguf_writer_set_str(w, "tokenizer.ggml.add_bos_token", "yes"); }
+static void tw_bos_string(gguf_writer *w, synth *s) {
+    (void)s; gguf_writer_set_str(w, "tokenizer.ggml.bos_token_id", "1");
+}
+static void tw_add_bos_str(gguf_writer *w, synth *s) {
+    (void)s; gguf_writer_set_str(w, "tokenizer.ggml.add_bos_token", "yes");
+}
 
 static void expect_load_error(const char *model, const char *pre, tweak_fn tw, const char *needle) {
     synth s;
@@ -650,6 +692,11 @@ static void test_bad_metadata(void **state) {
     ia_tokenizer *t = synth_load(&s, "gpt2", "gpt-2", tw_eos_none, &err);
     if (!t) fail_msg("%s", err.msg);
     assert_int_equal(ia_tokenizer_eos(t), -1);
+    ia_tokenizer_free(t);
+    /* an end-of-turn id out of range is ignored (llama.cpp keeps its default too); BOS/EOS are not */
+    t = synth_load(&s, "gpt2", "gpt-2", tw_eot_range, &err);
+    if (!t) fail_msg("%s", err.msg);
+    assert_int_equal(ia_tokenizer_eot(t), -1);
     ia_tokenizer_free(t);
     /* a missing pre-tokenizer falls back to "default" */
     t = synth_load(&s, "gpt2", NULL, NULL, &err);
@@ -749,6 +796,7 @@ int main(void) {
         cmocka_unit_test(test_spm_basics),      cmocka_unit_test(test_spm_byte_fallback),
         cmocka_unit_test(test_phi3_specials),   cmocka_unit_test(test_bpe_basics),
         cmocka_unit_test(test_synthetic_bpe),   cmocka_unit_test(test_all_pretokenizers),
+        cmocka_unit_test(test_pretok_splits),
         cmocka_unit_test(test_bad_metadata),    cmocka_unit_test(test_stories_vocab),
         cmocka_unit_test(test_long_inputs),     cmocka_unit_test(test_threads),
         cmocka_unit_test(test_oom),
@@ -756,6 +804,10 @@ int main(void) {
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) tests[n++] = fixed[i];
     int rc = _cmocka_run_group_tests("test_tokenizer", tests, n, NULL, NULL);
     vocab_free_all();
+    char path[300];
+    test_tmpfile(path, sizeof path, "synth.gguf");
+    remove(path);
+    rmdir(test_tmpdir()); /* only if empty: other files are left alone */
     free(tests);
     free(names);
     if (n_inp) globfree(&g);

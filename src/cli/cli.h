@@ -33,5 +33,16 @@ int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_make_model(int argc, char **argv);
+int cmd_align(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_constitutions(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_export_peft(int argc, char **argv);
+/* Applies "FILE[:SCALE]" (a --lora option value) to a loaded model at run time (cmd_merge.c). */
+int cli_lora_apply(ia_model *m, const char *spec, ia_error *err);
+int cmd_serve(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 #endif

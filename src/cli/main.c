@@ -8,6 +8,15 @@ static const cli_command commands[] = {
     {"tokenize", "turn text into token ids with a model's tokenizer", cmd_tokenize},
     {"generate", "generate completions for one prompt or a JSONL file of prompts (batched)", cmd_generate},
     {"make-model", "write a random-weight GGUF model at a given shape and tensor type", cmd_make_model},
+    {"align", "align a model with IterAlign (resumable run folder); alone: an offline demonstration", cmd_align},
+    {"status", "where an alignment run stands: stage, counts, rates before and after", cmd_status},
+    {"constitutions", "the constitutions an alignment run found, with their provenance", cmd_constitutions},
+    {"train", "LoRA or full supervised fine-tuning from a JSONL file (CPU)", cmd_train},
+    {"merge", "merge LoRA adapters into a model GGUF (f32, f16, bf16 or q8_0)", cmd_merge},
+    {"export-peft", "write a LoRA adapter GGUF as a Hugging Face PEFT adapter directory", cmd_export_peft},
+    {"serve", "serve the model over an OpenAI-compatible HTTP API (batched, streaming, logprobs)", cmd_serve},
+    {"eval", "evaluate a model: TruthfulQA MC1/MC2/true-false, HHH, harmful and refusal rates", cmd_eval},
+    {"report", "write report.md/report.html (SVG charts) from an alignment run folder", cmd_report},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 

@@ -1,6 +1,7 @@
 /* context.c — the inference context (KV cache + workspace, all allocated at init) and the batched
  * forward pass: one pass over the weights for every token of a batch. */
 #include "model.h"
+#include "model/lora.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -216,6 +217,11 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
         ia_matmul(c->q, c->xb, ly->wq.data, ly->wq.type, N, E, Dq);
         ia_matmul(c->k, c->xb, ly->wk.data, ly->wk.type, N, E, KV);
         ia_matmul(c->v, c->xb, ly->wv.data, ly->wv.type, N, E, KV);
+        if (m->lora) { /* run-time LoRA: y += s·B·(A·x), per token */
+            ia_lora_apply(m, l, IA_LORA_Q, c->q, c->xb, N);
+            ia_lora_apply(m, l, IA_LORA_K, c->k, c->xb, N);
+            ia_lora_apply(m, l, IA_LORA_V, c->v, c->xb, N);
+        }
         add_bias(c->q, ly->bq, N, Dq);
         add_bias(c->k, ly->bk, N, KV);
         add_bias(c->v, ly->bv, N, KV);
@@ -265,6 +271,7 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
         }
         /* q is free again: the projection goes there, then into the residual. */
         ia_matmul(c->q, out, ly->wo.data, ly->wo.type, N, Dq, E);
+        if (m->lora) ia_lora_apply(m, l, IA_LORA_O, c->q, out, N);
         for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->q[i];
 
         /* SwiGLU feed-forward. */
@@ -272,11 +279,16 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
             rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->rms_eps);
         ia_matmul(c->hb, c->xb, ly->w_gate.data, ly->w_gate.type, N, E, F);
         ia_matmul(c->hb2, c->xb, ly->w_up.data, ly->w_up.type, N, E, F);
+        if (m->lora) {
+            ia_lora_apply(m, l, IA_LORA_GATE, c->hb, c->xb, N);
+            ia_lora_apply(m, l, IA_LORA_UP, c->hb2, c->xb, N);
+        }
         for (size_t i = 0; i < (size_t)N * F; i++) {
             float g = c->hb[i];
             c->hb[i] = g / (1.0f + expf(-g)) * c->hb2[i];
         }
         ia_matmul(c->xb, c->hb, ly->w_down.data, ly->w_down.type, N, F, E);
+        if (m->lora) ia_lora_apply(m, l, IA_LORA_DOWN, c->xb, c->hb, N);
         for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->xb[i];
     }
 
@@ -290,5 +302,25 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
     }
     if (n_out) ia_matmul(c->logits, c->xo, m->output.data, m->output.type, n_out, E, hp->n_vocab);
     c->n_logits = n_out;
+    return IA_OK;
+}
+
+/* ---- KV prefix copy (shared few-shot primers) ---------------------------------------------- */
+
+/* K/V of a position depend only on the tokens up to it, so a prefix decoded once in one slot can be
+ * reused by any slot whose sequence starts with the same tokens: copy it, then decode the rest. */
+int ia_context_kv_copy(ia_context *c, int src, int dst, int n_pos, ia_error *err) {
+    if (!c) return ia_error_set(err, IA_ERR_ARG, "ia_context_kv_copy: context is NULL");
+    if (src < 0 || src >= c->n_slots || dst < 0 || dst >= c->n_slots || n_pos < 0 || n_pos > c->n_ctx)
+        return ia_error_set(err, IA_ERR_RANGE, "ia_context_kv_copy: slots %d -> %d, %d positions (context has "
+                            "%d slots of %d positions)", src, dst, n_pos, c->n_slots, c->n_ctx);
+    if (src == dst || n_pos == 0) return IA_OK;
+    const int L = c->m->hp.n_layer;
+    const size_t row = (size_t)c->kv_dim, layer = (size_t)c->n_ctx * row, bytes = (size_t)n_pos * row * sizeof(float);
+    for (int l = 0; l < L; l++) {
+        size_t so = ((size_t)src * L + l) * layer, d = ((size_t)dst * L + l) * layer;
+        memcpy(c->k_cache + d, c->k_cache + so, bytes);
+        memcpy(c->v_cache + d, c->v_cache + so, bytes);
+    }
     return IA_OK;
 }

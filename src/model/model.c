@@ -422,6 +422,7 @@ fail:
 
 void ia_model_free(ia_model *m) {
     if (!m) return;
+    ia_model_lora_clear(m);
     ia_tokenizer_free(m->tok);
     gguf_file_free(m->gguf);
     ia_free(m->layers);

@@ -67,6 +67,7 @@ struct ia_model {
     char *chat_template;    /* tokenizer.chat_template or NULL */
     float *owned;           /* one block holding the F16/BF16 (or misaligned F32) norms, biases and
                                rope_freqs converted to f32 at load; the pointers above point into it */
+    struct ia_lora_set *lora; /* run-time LoRA adapters (model/lora.h), NULL: none */
 };
 
 /* ---- inference context: KV cache for S slots + workspace for N tokens ---- */
@@ -118,5 +119,10 @@ int ia_mkmodel_preset(const char *name, ia_mkmodel_opts *opts, ia_error *err);
  * then F16), as llama.cpp's quantizer does; norms and biases are F32. Tensors are generated one at a
  * time while writing, so memory stays at one tensor. Same options and seed, same bytes. */
 int ia_mkmodel_write(const ia_mkmodel_opts *opts, const char *out_path, ia_error *err);
+
+/* ---- KV prefix sharing ---- */
+/* Copies the K/V of positions 0..n_pos-1 of slot src into slot dst (every layer), so a prefix
+ * decoded once (a few-shot primer) can be continued in several slots. Errors: IA_ERR_RANGE. */
+int ia_context_kv_copy(ia_context *c, int src, int dst, int n_pos, ia_error *err);
 
 #endif /* IA_MODEL_H */

@@ -37,19 +37,19 @@ int  ia_store_begin(ia_store *s, ia_error *err);
 int  ia_store_commit(ia_store *s, ia_error *err);
 void ia_store_rollback(ia_store *s);
 
-/* The connection, for module SQL. Callers outside a transaction must hold the lock. */
+/* The connection, for module SQL; hold the lock (or a transaction) while using it. The lock is
+ * recursive. */
 sqlite3 *ia_store_db(ia_store *s);
 void ia_store_lock(ia_store *s);
 void ia_store_unlock(ia_store *s);
 
 /* Runs one statement with bound parameters. fmt has one letter per parameter:
  *   i int, I int64_t, d double, s const char * (NULL binds NULL), b bool.
- * Returns IA_OK or IA_ERR_DB (err names the statement's table). Does not lock: call inside a
- * transaction, or use ia_store_exec_locked. */
+ * Returns IA_OK or IA_ERR_DB (err quotes the statement). Locks (the lock is recursive, so this
+ * also works inside a transaction). */
 int ia_store_exec(ia_store *s, ia_error *err, const char *sql, const char *fmt, ...);
-int ia_store_exec_locked(ia_store *s, ia_error *err, const char *sql, const char *fmt, ...);
 /* Prepares sql and binds parameters as ia_store_exec; NULL (err set) on failure. Finalize with
- * sqlite3_finalize. The caller holds the lock while stepping. */
+ * sqlite3_finalize. The caller holds the lock (or a transaction) while stepping. */
 sqlite3_stmt *ia_store_prepare(ia_store *s, ia_error *err, const char *sql, const char *fmt, ...);
 sqlite3_stmt *ia_store_vprepare(ia_store *s, ia_error *err, const char *sql, const char *fmt, va_list ap);
 /* First column of the first row as int64 / text (ia_malloc'd); *found says whether there was a
@@ -60,13 +60,13 @@ int ia_store_get_text(ia_store *s, ia_error *err, char **out, const char *sql, c
 char *ia_store_col_text(sqlite3_stmt *st, int col);
 
 /* ---- meta (key/value: configuration, hashes, versions) ---- */
-int   ia_store_meta_set(ia_store *s, const char *key, const char *value, ia_error *err); /* no lock */
+int   ia_store_meta_set(ia_store *s, const char *key, const char *value, ia_error *err);
 char *ia_store_meta_get(ia_store *s, const char *key, ia_error *err); /* NULL if absent (err clear) */
 
 /* ---- stage progress: (batch, stage) pairs that are complete ---- */
 /* batch -1 holds run-level stages (eval_before, eval_after, finalize). */
 bool ia_store_stage_done(ia_store *s, int batch, const char *stage);
-int  ia_store_stage_mark(ia_store *s, int batch, const char *stage, const char *detail, ia_error *err); /* no lock */
+int  ia_store_stage_mark(ia_store *s, int batch, const char *stage, const char *detail, ia_error *err);
 
 /* ---- teacher calls ---- */
 typedef enum ia_call_status {
@@ -111,6 +111,10 @@ int ia_store_call_finish(ia_store *s, const ia_store_call *c, ia_error *err);
 /* Forgets a "sent" mark for a call that never reached the server (connection refused): it will be
  * sent on the next run without counting as a resend. Locks. */
 int ia_store_call_unsend(ia_store *s, const char *call_key, ia_error *err);
+
+/* Tells the cache hook which call the current thread's next client request belongs to (NULL to
+ * unbind); the pointer must stay valid until unbound. */
+void ia_store_call_bind_thread(const char *call_key);
 
 /* The client's cache, backed by teacher_calls (keyed by cache_key, usable replies only). Free with
  * ia_client_cache_free; the store must outlive it. */

@@ -28,6 +28,10 @@ typedef struct ia_mm_kernel {
      * exactly the bits of dequant followed by dot. */
     void (*dot_fused)(uint32_t type, const uint8_t *const *rows, int64_t k0, int len, const float *X,
                       int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr, bool accumulate);
+    /* Optional (NULL: dequant row by row): dequant of the same chunk of IA_MM_ROWS rows (rows past
+     * nr repeat a valid one) into out[r]. */
+    void (*dequant_rows)(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
+                         float (*out)[IA_MM_CHUNK]);
 } ia_mm_kernel;
 
 /* Up to this many activation rows the fused path decodes each weight row once; past it, decoding

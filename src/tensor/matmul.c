@@ -1,5 +1,12 @@
 /* matmul.c — Y = X·Wᵀ over any supported weight type: the plain reference, the OpenMP driver that
  * runs the per-ISA kernels, the portable scalar kernel and run-time kernel selection. */
+/* Bit-exact results (quantisers equal to ggml's, SIMD decoders equal to the reference) need every
+ * a*b+c rounded twice, whatever -std / -march / -ffp-contract the build uses. */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include "kernels.h"
 
 #include <stdatomic.h>
@@ -62,7 +69,7 @@ static void dot_scalar(const float *const *w, int len, const float *X, int64_t l
     }
 }
 
-const ia_mm_kernel ia_mm_kernel_scalar = {"scalar", dequant_scalar, dot_scalar, NULL};
+const ia_mm_kernel ia_mm_kernel_scalar = {"scalar", dequant_scalar, dot_scalar, NULL, NULL};
 
 /* ==== kernel selection ==== */
 
@@ -134,6 +141,17 @@ void ia_dequantize_row_fast(uint32_t type, const void *src, float *dst, int64_t 
 
 /* ==== driver ==== */
 
+/* Asks for the bytes holding elements [k0, k0 + len) of rows o0 .. o0 + nr - 1. A chunk of one row
+ * is only a few cache lines (420 bytes of Q6_K), too short for the hardware prefetcher to pick up,
+ * so without this, big matrices run at memory latency rather than bandwidth. */
+static void prefetch_chunk(const uint8_t *W, size_t rs, const ia_type_traits *tt, int o0, int nr, int k0,
+                           int len) {
+    const size_t a = (size_t)(k0 / tt->blck_size) * tt->type_size;
+    const size_t e = (size_t)((k0 + len + tt->blck_size - 1) / tt->blck_size) * tt->type_size;
+    for (int r = 0; r < nr; r++)
+        for (size_t off = a; off < e; off += 64) __builtin_prefetch(W + (size_t)(o0 + r) * rs + off, 0, 3);
+}
+
 void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
                int n_out) {
     const ia_type_traits *tt = ia_type_traits_get(wtype);
@@ -151,28 +169,46 @@ void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_to
     /* threads only pay off past a few hundred thousand multiply-adds; the split never changes the
      * result, since every (t, o) is computed whole by one thread with the same code */
     const bool par = n_blk > 1 && (double)n_tok * n_in * n_out > 2e5;
+    (void)par; /* unused in builds without OpenMP */
+#ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (par)
+#endif
     for (int b = 0; b < n_blk; b++) {
         float buf[IA_MM_ROWS][IA_MM_CHUNK] __attribute__((aligned(64)));
         const float *w[IA_MM_ROWS];
         const int o0 = b * IA_MM_ROWS;
         const int nr = n_out - o0 < IA_MM_ROWS ? n_out - o0 : IA_MM_ROWS;
-        if (fused) {
-            const uint8_t *rows[IA_MM_ROWS];
-            for (int r = 0; r < IA_MM_ROWS; r++) rows[r] = (const uint8_t *)W + (size_t)(o0 + (r < nr ? r : nr - 1)) * rs;
-            for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
-                const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK;
-                kern->dot_fused(wtype, rows, k0, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
-            }
-            continue;
-        }
+        const uint8_t *rows[IA_MM_ROWS];
+        for (int r = 0; r < IA_MM_ROWS; r++) rows[r] = (const uint8_t *)W + (size_t)(o0 + (r < nr ? r : nr - 1)) * rs;
         for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
             const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK;
+            /* the next chunk of these rows, or the first chunk of the next block (with a static
+             * schedule a thread's blocks are consecutive) */
+            if (k0 + IA_MM_CHUNK < n_in) {
+                const int nl = n_in - k0 - IA_MM_CHUNK < IA_MM_CHUNK ? n_in - k0 - IA_MM_CHUNK : IA_MM_CHUNK;
+                prefetch_chunk(W, rs, tt, o0, nr, k0 + IA_MM_CHUNK, nl);
+            } else if (b + 1 < n_blk) {
+                const int nr1 = n_out - o0 - IA_MM_ROWS < IA_MM_ROWS ? n_out - o0 - IA_MM_ROWS : IA_MM_ROWS;
+                prefetch_chunk(W, rs, tt, o0 + IA_MM_ROWS, nr1, 0, n_in < IA_MM_CHUNK ? n_in : IA_MM_CHUNK);
+            }
+            if (fused) {
+                kern->dot_fused(wtype, rows, k0, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
+                continue;
+            }
+            if (!is_f32 && kern->dequant_rows) {
+                kern->dequant_rows(wtype, rows, k0, len, buf);
+                for (int r = 0; r < IA_MM_ROWS; r++) w[r] = buf[r];
+                kern->dot(w, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
+                continue;
+            }
             for (int r = 0; r < IA_MM_ROWS; r++) {
                 if (r >= nr) { w[r] = w[nr - 1]; continue; }
-                const uint8_t *row = (const uint8_t *)W + (size_t)(o0 + r) * rs;
-                if (is_f32) {
-                    w[r] = (const float *)row + k0; /* f32 rows are used in place */
+                const uint8_t *row = rows[r];
+                if (is_f32 && n_tok <= IA_MM_FUSED_MAX_TOK) {
+                    w[r] = (const float *)row + k0; /* f32 rows read once are used in place */
+                } else if (is_f32) { /* read n_tok/2 times: a contiguous copy stays in L1 */
+                    memcpy(buf[r], (const float *)row + k0, (size_t)len * sizeof(float));
+                    w[r] = buf[r];
                 } else {
                     kern->dequant(wtype, row, k0, len, buf[r]);
                     w[r] = buf[r];

@@ -1,6 +1,13 @@
 /* matmul_avx512.c — AVX-512 matmul kernel: SIMD decoding of weight rows, the FMA dot of IA_MM_ROWS
  * weight rows against the activation rows, and the fused decode+FMA path for one or two rows
  * (compiled for x86-64 only, chosen at run time). */
+/* Bit-exact results (quantisers equal to ggml's, SIMD decoders equal to the reference) need every
+ * a*b+c rounded twice, whatever -std / -march / -ffp-contract the build uses. */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include "kernels.h"
 
 #if defined(__x86_64__)
@@ -23,21 +30,27 @@ T512 static INLINE __m512 cvt_u8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_c
 T512 static INLINE __m512 cvt_i8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
 T512 static INLINE __m128i load16(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
-T512 static INLINE void dec_f16(const uint8_t *row, int64_t k, __m512 *v) {
+T512 static INLINE void dec_f16(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
+    (void)aux;
     const uint16_t *h = (const uint16_t *)row + k;
+#pragma GCC unroll 4
     for (int j = 0; j < 4; j++) v[j] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16 * j)));
 }
 
-T512 static INLINE void dec_bf16(const uint8_t *row, int64_t k, __m512 *v) {
+T512 static INLINE void dec_bf16(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
+    (void)aux;
     const uint16_t *h = (const uint16_t *)row + k;
+#pragma GCC unroll 4
     for (int j = 0; j < 4; j++) {
         const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + 16 * j)));
         v[j] = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
     }
 }
 
-T512 static INLINE void dec_q8_0(const uint8_t *row, int64_t k, __m512 *v) {
+T512 static INLINE void dec_q8_0(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
+    (void)aux;
     const ia_block_q8_0 *b = (const ia_block_q8_0 *)row + k / IA_QK8_0;
+#pragma GCC unroll 2
     for (int i = 0; i < 2; i++) {
         const __m512 d = _mm512_set1_ps(h2f(b[i].d));
         v[2 * i] = _mm512_mul_ps(cvt_i8(load16(b[i].qs)), d);
@@ -45,9 +58,11 @@ T512 static INLINE void dec_q8_0(const uint8_t *row, int64_t k, __m512 *v) {
     }
 }
 
-T512 static INLINE void dec_q4_0(const uint8_t *row, int64_t k, __m512 *v) {
+T512 static INLINE void dec_q4_0(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
+    (void)aux;
     const ia_block_q4_0 *b = (const ia_block_q4_0 *)row + k / IA_QK4_0;
     const __m128i m4 = _mm_set1_epi8(0x0F), m8 = _mm_set1_epi8(8);
+#pragma GCC unroll 2
     for (int i = 0; i < 2; i++) {
         const __m512 d = _mm512_set1_ps(h2f(b[i].d));
         const __m128i q = load16(b[i].qs);
@@ -57,26 +72,39 @@ T512 static INLINE void dec_q4_0(const uint8_t *row, int64_t k, __m512 *v) {
     }
 }
 
+/* K-quant scales: once per 256-value block and row, prep_* turns the packed scales into floats in
+ * aux[16] (as vectors: scalar int->float conversions merge into a register GCC may take from a live
+ * accumulator, and byte fiddling per 64 values cost more than the FMAs); the decoders broadcast
+ * them from there. Values are the products quant.c forms: d*sc and dmin*m, or d*scale. */
+
+/* aux[0..8) = d*sc[j], aux[8..16) = dmin*m[j] (get_scale_min_k4 for all j at once, on packed bytes:
+ * j >= 4 take their low 4 bits from bytes 8..11 and top 2 bits from bits 6-7 of bytes 0..7). */
+T512 static INLINE void prep_q4_K(const uint8_t *row, int64_t k, float *aux) {
+    const ia_block_q4_K *b = (const ia_block_q4_K *)row + k / IA_QK_K;
+    uint32_t a, m, c, dd;
+    memcpy(&a, b->scales, 4);
+    memcpy(&m, b->scales + 4, 4);
+    memcpy(&c, b->scales + 8, 4);
+    memcpy(&dd, &b->d, 4); /* d, dmin */
+    const uint32_t sc_lo = a & 0x3F3F3F3Fu, m_lo = m & 0x3F3F3F3Fu;
+    const uint32_t sc_hi = (c & 0x0F0F0F0Fu) | ((a >> 2) & 0x30303030u);
+    const uint32_t m_hi = ((c >> 4) & 0x0F0F0F0Fu) | ((m >> 2) & 0x30303030u);
+    const __m512 q = cvt_u8(_mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi));
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd)); /* {d, dmin, 0, 0} */
+    const __m512 mul = _mm512_insertf32x8(_mm512_broadcastss_ps(f), _mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(f)), 1);
+    _mm512_storeu_ps(aux, _mm512_mul_ps(mul, q));
+}
+
 /* 64 values of a Q4_K block: the low nibbles of 32 qs bytes (sub-block 2c), then their high nibbles
  * (sub-block 2c+1), each y = (d*sc)*q - dmin*m. */
-T512 static INLINE void dec_q4_K(const uint8_t *row, int64_t k, __m512 *v) {
+T512 static INLINE void dec_q4_K(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
     const ia_block_q4_K *b = (const ia_block_q4_K *)row + k / IA_QK_K;
-    const int c = (int)(k % IA_QK_K) / 64;
-    const uint8_t *s = b->scales;
-    const float d = h2f(b->d), dmin = h2f(b->dmin);
-    int sc1, m1, sc2, m2; /* get_scale_min_k4 for sub-blocks 2c and 2c+1 */
-    if (c < 2) {
-        sc1 = s[2 * c] & 63, m1 = s[2 * c + 4] & 63;
-        sc2 = s[2 * c + 1] & 63, m2 = s[2 * c + 5] & 63;
-    } else {
-        const int j = 2 * c;
-        sc1 = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), m1 = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-        sc2 = (s[j + 5] & 0x0F) | ((s[j - 3] >> 6) << 4), m2 = (s[j + 5] >> 4) | ((s[j + 1] >> 6) << 4);
-    }
-    const __m512 d1 = _mm512_set1_ps(d * (float)sc1), mm1 = _mm512_set1_ps(dmin * (float)m1);
-    const __m512 d2 = _mm512_set1_ps(d * (float)sc2), mm2 = _mm512_set1_ps(dmin * (float)m2);
+    const int c = (int)((uint64_t)k % IA_QK_K) / 64;
+    const __m512 d1 = _mm512_set1_ps(aux[2 * c]), mm1 = _mm512_set1_ps(aux[8 + 2 * c]);
+    const __m512 d2 = _mm512_set1_ps(aux[2 * c + 1]), mm2 = _mm512_set1_ps(aux[9 + 2 * c]);
     const __m128i m4 = _mm_set1_epi8(0x0F);
     const uint8_t *q = b->qs + 32 * c;
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
         const __m128i x = load16(q + 16 * h);
         v[h] = _mm512_sub_ps(_mm512_mul_ps(d1, cvt_u8(_mm_and_si128(x, m4))), mm1);
@@ -84,16 +112,23 @@ T512 static INLINE void dec_q4_K(const uint8_t *row, int64_t k, __m512 *v) {
     }
 }
 
+/* aux[i] = d*scales[i] */
+T512 static INLINE void prep_q6_K(const uint8_t *row, int64_t k, float *aux) {
+    const ia_block_q6_K *b = (const ia_block_q6_K *)row + k / IA_QK_K;
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16(b->scales)));
+    _mm512_storeu_ps(aux, _mm512_mul_ps(_mm512_set1_ps(h2f(b->d)), sc));
+}
+
 /* 64 values of a Q6_K block: in half hf, quarter 0 holds q1 (l < 32) then q2, quarter 1 q3 then
  * q4; values l < 16 and l >= 16 use consecutive scales; y = (d*scale)*(q - 32). */
-T512 static INLINE void dec_q6_K(const uint8_t *row, int64_t k, __m512 *v) {
+T512 static INLINE void dec_q6_K(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
     const ia_block_q6_K *b = (const ia_block_q6_K *)row + k / IA_QK_K;
-    const int hf = (int)(k % IA_QK_K) / 128, quarter = (int)(k % 128) / 64;
+    const int hf = (int)((uint64_t)k % IA_QK_K) / 128, quarter = (int)((uint64_t)k % 128) / 64;
     const uint8_t *ql = b->ql + 64 * hf, *qh = b->qh + 32 * hf;
-    const int8_t *sc = b->scales + 8 * hf + 4 * quarter;
-    const float d = h2f(b->d);
+    const float *ds = aux + 8 * hf + 4 * quarter;
     const __m128i m4 = _mm_set1_epi8(0x0F), m3 = _mm_set1_epi8(3), m30 = _mm_set1_epi8(0x30);
     const __m128i m32 = _mm_set1_epi8(32);
+#pragma GCC unroll 2
     for (int l = 0; l < 2; l++) {
         const __m128i a = load16(ql + 16 * l), c = load16(ql + 32 + 16 * l), h = load16(qh + 16 * l);
         __m128i qa, qb;
@@ -105,34 +140,86 @@ T512 static INLINE void dec_q6_K(const uint8_t *row, int64_t k, __m512 *v) {
             qa = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_and_si128(h, m30));
             qb = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(c, 4), m4), _mm_and_si128(_mm_srli_epi16(h, 2), m30));
         }
-        v[l] = _mm512_mul_ps(_mm512_set1_ps(d * sc[l]), cvt_i8(_mm_sub_epi8(qa, m32)));
-        v[2 + l] = _mm512_mul_ps(_mm512_set1_ps(d * sc[2 + l]), cvt_i8(_mm_sub_epi8(qb, m32)));
+        v[l] = _mm512_mul_ps(_mm512_set1_ps(ds[l]), cvt_i8(_mm_sub_epi8(qa, m32)));
+        v[2 + l] = _mm512_mul_ps(_mm512_set1_ps(ds[2 + l]), cvt_i8(_mm_sub_epi8(qb, m32)));
     }
 }
 
-typedef void (*dec_fn)(const uint8_t *row, int64_t k, __m512 *v);
+typedef void (*prep_fn)(const uint8_t *row, int64_t k, float *aux);
+typedef void (*dec_fn)(const uint8_t *row, int64_t k, const float *aux, __m512 *v);
 
 /* Whole groups through the decoder, the remainder (< 64: half types with odd lengths, or one
  * 32-block of Q8_0/Q4_0) through the reference; the fused path splits rows the same way. */
-T512 static INLINE void dequant_with(dec_fn dec, uint32_t type, const uint8_t *row, int64_t k0, int len,
-                                     float *out) {
+T512 static INLINE void dequant_with(prep_fn prep, dec_fn dec, uint32_t type, const uint8_t *row, int64_t k0,
+                                     int len, float *out) {
+    float aux[16] __attribute__((aligned(64)));
     const int ng = len / G;
     for (int g = 0; g < ng; g++) {
+        const int64_t k = k0 + (int64_t)G * g;
+        if (prep && k % IA_QK_K == 0) prep(row, k, aux);
         __m512 v[4];
-        dec(row, k0 + (int64_t)G * g, v);
-        for (int j = 0; j < 4; j++) _mm512_storeu_ps(out + G * g + 16 * j, v[j]);
+        dec(row, k, aux, v);
+        /* four explicit stores: as a loop, GCC turned them into a memcpy from a stack copy */
+        _mm512_storeu_ps(out + G * g, v[0]);
+        _mm512_storeu_ps(out + G * g + 16, v[1]);
+        _mm512_storeu_ps(out + G * g + 32, v[2]);
+        _mm512_storeu_ps(out + G * g + 48, v[3]);
     }
     if (len > G * ng) ia_mm_kernel_scalar.dequant(type, row, k0 + (int64_t)G * ng, len - G * ng, out + G * ng);
 }
 
+/* decoder pairs per type (prep is NULL where a block carries a single scale) */
+#define DECODERS(X)                                                                                \
+    X(IA_TYPE_F16, NULL, dec_f16)                                                                  \
+    X(IA_TYPE_BF16, NULL, dec_bf16)                                                                \
+    X(IA_TYPE_Q8_0, NULL, dec_q8_0)                                                                \
+    X(IA_TYPE_Q4_0, NULL, dec_q4_0)                                                                \
+    X(IA_TYPE_Q4_K, prep_q4_K, dec_q4_K)                                                           \
+    X(IA_TYPE_Q6_K, prep_q6_K, dec_q6_K)
+
+/* All IA_MM_ROWS rows of a chunk, group by group across the rows: their misses overlap (one row at
+ * a time, each row's few cache lines and its page walk were waited for in turn). */
+T512 static INLINE void dequant_rows_with(prep_fn prep, dec_fn dec, uint32_t type, const uint8_t *const *rows,
+                                          int64_t k0, int len, float (*out)[IA_MM_CHUNK]) {
+    enum { R = IA_MM_ROWS };
+    float aux[R][16] __attribute__((aligned(64)));
+    const int ng = len / G;
+    for (int g = 0; g < ng; g++) {
+        const int64_t k = k0 + (int64_t)G * g;
+        if (prep && k % IA_QK_K == 0)
+            for (int r = 0; r < R; r++) prep(rows[r], k, aux[r]);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 v[4];
+            dec(rows[r], k, aux[r], v);
+            _mm512_storeu_ps(out[r] + G * g, v[0]);
+            _mm512_storeu_ps(out[r] + G * g + 16, v[1]);
+            _mm512_storeu_ps(out[r] + G * g + 32, v[2]);
+            _mm512_storeu_ps(out[r] + G * g + 48, v[3]);
+        }
+    }
+    if (len > G * ng)
+        for (int r = 0; r < R; r++)
+            ia_mm_kernel_scalar.dequant(type, rows[r], k0 + (int64_t)G * ng, len - G * ng, out[r] + G * ng);
+}
+
+T512 static void dequant_rows_avx512(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
+                                     float (*out)[IA_MM_CHUNK]) {
+    switch (type) {
+#define CASE(T, P, D) case T: dequant_rows_with(P, D, type, rows, k0, len, out); break;
+    DECODERS(CASE)
+#undef CASE
+    default:
+        for (int r = 0; r < IA_MM_ROWS; r++) ia_mm_kernel_scalar.dequant(type, rows[r], k0, len, out[r]);
+        break;
+    }
+}
+
 T512 static void dequant_avx512(uint32_t type, const void *row, int64_t k0, int len, float *out) {
     switch (type) {
-    case IA_TYPE_F16: dequant_with(dec_f16, type, row, k0, len, out); break;
-    case IA_TYPE_BF16: dequant_with(dec_bf16, type, row, k0, len, out); break;
-    case IA_TYPE_Q8_0: dequant_with(dec_q8_0, type, row, k0, len, out); break;
-    case IA_TYPE_Q4_0: dequant_with(dec_q4_0, type, row, k0, len, out); break;
-    case IA_TYPE_Q4_K: dequant_with(dec_q4_K, type, row, k0, len, out); break;
-    case IA_TYPE_Q6_K: dequant_with(dec_q6_K, type, row, k0, len, out); break;
+#define CASE(T, P, D) case T: dequant_with(P, D, type, row, k0, len, out); break;
+    DECODERS(CASE)
+#undef CASE
     default: ia_mm_kernel_scalar.dequant(type, row, k0, len, out); break; /* F32 */
     }
 }
@@ -215,7 +302,7 @@ T512 static void dot_avx512(const float *const *w, int len, const float *X, int6
 /* NT (1 or 2) activation rows against IA_MM_ROWS weight rows over one chunk. Each accumulator gets
  * exactly the FMAs dot_avx512 would give it (same values, same k order, same masked tail), so the
  * result does not depend on which path ran. */
-T512 static INLINE void fused_tile(dec_fn dec, const int NT, const uint8_t *const *rows, int64_t k0,
+T512 static INLINE void fused_tile(prep_fn prep, dec_fn dec, const int NT, const uint8_t *const *rows, int64_t k0,
                                    int len, const float (*rest)[G], const float *x0, const float *x1,
                                    float *y0, float *y1, int nr, bool accumulate) {
     enum { R = IA_MM_ROWS };
@@ -224,20 +311,21 @@ T512 static INLINE void fused_tile(dec_fn dec, const int NT, const uint8_t *cons
     __m512 a0[R], a1[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    float aux[R][16] __attribute__((aligned(64)));
     for (int g = 0; g < ng; g++) {
-        __m512 u0[4], u1[4];
-        for (int j = 0; j < 4; j++) {
-            u0[j] = _mm512_loadu_ps(x0 + G * g + 16 * j);
-            if (NT == 2) u1[j] = _mm512_loadu_ps(x1 + G * g + 16 * j);
-        }
+        const int64_t k = k0 + (int64_t)G * g;
+        if (prep && k % IA_QK_K == 0)
+            for (int r = 0; r < R; r++) prep(rows[r], k, aux[r]);
+        /* activations are loaded next to each FMA (an array of them here made GCC emit memcpy) */
+        const float *xg0 = x0 + G * g, *xg1 = x1 + G * g;
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             __m512 v[4];
-            dec(rows[r], k0 + (int64_t)G * g, v);
+            dec(rows[r], k, aux[r], v);
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
-                a0[r] = _mm512_fmadd_ps(v[j], u0[j], a0[r]);
-                if (NT == 2) a1[r] = _mm512_fmadd_ps(v[j], u1[j], a1[r]);
+                a0[r] = _mm512_fmadd_ps(v[j], _mm512_loadu_ps(xg0 + 16 * j), a0[r]);
+                if (NT == 2) a1[r] = _mm512_fmadd_ps(v[j], _mm512_loadu_ps(xg1 + 16 * j), a1[r]);
             }
         }
     }
@@ -269,7 +357,7 @@ T512 static INLINE void fused_tile(dec_fn dec, const int NT, const uint8_t *cons
     }
 }
 
-T512 static INLINE void fused_with(dec_fn dec, uint32_t type, const uint8_t *const *rows, int64_t k0,
+T512 static INLINE void fused_with(prep_fn prep, dec_fn dec, uint32_t type, const uint8_t *const *rows, int64_t k0,
                                    int len, const float *X, int64_t ldx, int n_tok, float *Y,
                                    int64_t ldy, int nr, bool accumulate) {
     float rest[IA_MM_ROWS][G] __attribute__((aligned(64)));
@@ -279,10 +367,10 @@ T512 static INLINE void fused_with(dec_fn dec, uint32_t type, const uint8_t *con
             ia_mm_kernel_scalar.dequant(type, rows[r], k0 + (int64_t)G * ng, len - G * ng, rest[r]);
     int t = 0;
     for (; t + 2 <= n_tok; t += 2)
-        fused_tile(dec, 2, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + (t + 1) * ldx,
+        fused_tile(prep, dec, 2, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + (t + 1) * ldx,
                    Y + t * ldy, Y + (t + 1) * ldy, nr, accumulate);
     if (t < n_tok)
-        fused_tile(dec, 1, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + t * ldx, Y + t * ldy,
+        fused_tile(prep, dec, 1, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + t * ldx, Y + t * ldy,
                    Y + t * ldy, nr, accumulate);
 }
 
@@ -290,16 +378,14 @@ T512 static void dot_fused_avx512(uint32_t type, const uint8_t *const *rows, int
                                   const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr,
                                   bool accumulate) {
     switch (type) {
-    case IA_TYPE_F16: fused_with(dec_f16, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
-    case IA_TYPE_BF16: fused_with(dec_bf16, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
-    case IA_TYPE_Q8_0: fused_with(dec_q8_0, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
-    case IA_TYPE_Q4_0: fused_with(dec_q4_0, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
-    case IA_TYPE_Q4_K: fused_with(dec_q4_K, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
-    case IA_TYPE_Q6_K: fused_with(dec_q6_K, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+#define CASE(T, P, D) case T: fused_with(P, D, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+    DECODERS(CASE)
+#undef CASE
     default: IA_ASSERT(!"dot_fused: type without a decoder");
     }
 }
 
-const ia_mm_kernel ia_mm_kernel_avx512 = {"avx512", dequant_avx512, dot_avx512, dot_fused_avx512};
+const ia_mm_kernel ia_mm_kernel_avx512 = {"avx512", dequant_avx512, dot_avx512, dot_fused_avx512,
+                                           dequant_rows_avx512};
 
 #endif /* __x86_64__ */

@@ -1,4 +1,12 @@
-/* quant.c — reference (de)quantisation of the supported ggml types: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q6_K. */
+/* quant.c — reference (de)quantisation of the supported ggml types: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q6_K
+ * (dequantisation bit-exact with ggml; quantisation byte-identical to ggml's quantize_row_*_ref). */
+/* Bit-exact results (quantisers equal to ggml's, SIMD decoders equal to the reference) need every
+ * a*b+c rounded twice, whatever -std / -march / -ffp-contract the build uses. */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include "tensor.h"
 
 #include <math.h>
@@ -84,8 +92,15 @@ void ia_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
         memcpy(dst, src, (size_t)n * sizeof(float));
         break;
     case IA_TYPE_F16: {
+#if defined(__aarch64__)
+        /* the hardware conversion (exact, like ia_fp16_to_fp32) keeps the portable kernel usable
+         * for F16 models on ARM, where it is the only kernel */
+        const __fp16 *h = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)h[i];
+#else
         const uint16_t *h = src;
         for (int64_t i = 0; i < n; i++) dst[i] = ia_fp16_to_fp32(h[i]);
+#endif
         break;
     }
     case IA_TYPE_BF16: {

@@ -62,13 +62,15 @@ typedef struct { uint8_t ql[IA_QK_K / 2]; uint8_t qh[IA_QK_K / 4]; int8_t scales
 
 /* Dequantises n elements (a multiple of the block size) of a supported type to f32. */
 void ia_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
-/* Quantises n f32 values into a supported type (reference quantisers, as ggml's *_ref); returns the
- * bytes written. */
+/* Quantises n f32 values into a supported type (reference quantisers, as ggml's *_ref: the bytes are
+ * identical to ggml's quantize_row_*_ref output); returns the bytes written. */
 size_t ia_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
 
 /* Y[t][o] = sum_i X[t][i] * W[o][i] for t < n_tok, o < n_out. W has type `wtype` with rows of n_in
  * elements; X is [n_tok][n_in] f32, Y is [n_tok][n_out] f32. Multi-threaded (OpenMP), allocation
- * free; the fastest kernel the CPU supports is chosen at run time. */
+ * free; the fastest kernel the CPU supports is chosen at run time. Y[t][o] depends only on X[t], W
+ * and the kernel family: bit for bit the same whatever n_tok, whichever rows share the call and
+ * whatever the thread count (different families may differ in the last bits). */
 void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in, int n_out);
 /* The plain C reference of ia_matmul (dequantise each row, dot in f32). Tests compare against it. */
 void ia_matmul_ref(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in, int n_out);

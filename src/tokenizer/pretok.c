@@ -88,7 +88,11 @@ static const pretok_set pretok_sets[] = {
                          " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+"}},
     [SET_SEED_CODER] = {{RE_CONTRACTIONS "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}| ?[^\\s\\p{L}\\p{N}\\r\\n]+|"
                                          "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}},
-    [SET_EXAONE_MOE] = {{RE_CONTRACTIONS "|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+|\\p{N}|"
+    /* upstream's (?:L M*(?: L M*)*)+ written as L M*(?: ?L M*)*+ : the same language (letters with
+     * marks, joined by nothing or one space) and the same greedy match, since nothing follows it in
+     * its alternative; the nested repeat kept a backtracking frame per letter and ran out of memory
+     * on multi-megabyte words */
+    [SET_EXAONE_MOE] = {{RE_CONTRACTIONS "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}\\p{M}*(?: ?\\p{L}\\p{M}*)*+|\\p{N}|"
                                          " ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+"}},
 };
 
@@ -212,7 +216,8 @@ int ia_tok_pretok_init(ia_tokenizer *t, const char *pre, ia_error *err) {
         if (!re) {
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(ec, msg, sizeof msg);
-            rc = ia_error_set(err, ec == PCRE2_ERROR_HEAP_FAILED || ec == PCRE2_ERROR_NOMEMORY ? IA_ERR_NOMEM : IA_ERR_INTERNAL,
+            bool oom = ec == PCRE2_ERROR_HEAP_FAILED || ec == PCRE2_ERROR_NOMEMORY;
+            rc = ia_error_set(err, oom ? IA_ERR_NOMEM : IA_ERR_INTERNAL,
                               "tokenizer.ggml.pre = '%s': regex %d does not compile at offset %zu: %s", pre, i,
                               (size_t)eoff, (const char *)msg);
             break;
@@ -235,15 +240,13 @@ void ia_tok_pretok_free(ia_tokenizer *t) {
  * room than the default 32 KiB (creating one maps memory, too slow to do for every short text). */
 typedef struct split_ctx {
     pcre2_match_data *md;
-    pcre2_match_context *mctx; /* NULL until needed */
-    pcre2_jit_stack *stack;
+    pcre2_match_context *mctx;
+    pcre2_jit_stack *stack; /* NULL until needed */
 } split_ctx;
 
 static int big_stack(const ia_tokenizer *t, split_ctx *c) {
-    if (c->mctx) return 0;
-    c->mctx = pcre2_match_context_create(t->gctx);
     c->stack = pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, t->gctx);
-    if (!c->mctx || !c->stack) return -1;
+    if (!c->stack) return -1;
     pcre2_jit_stack_assign(c->mctx, NULL, c->stack);
     return 0;
 }
@@ -257,11 +260,11 @@ static int split_one(const ia_tokenizer *t, int ri, split_ctx *c, const char *te
     size_t pos = 0, gap = 0;
     while (pos < w.len) {
         int rc = pcre2_match(re, subj, w.len, pos, 0, c->md, c->mctx);
-        if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !c->mctx) {
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !c->stack) {
             if (big_stack(t, c) != 0) goto oom;
             rc = pcre2_match(re, subj, w.len, pos, 0, c->md, c->mctx);
         }
-        if (rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT) {
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
             /* pathological input: retry with the interpreter, whose backtracking lives on the heap */
             rc = pcre2_match(re, subj, w.len, pos, PCRE2_NO_JIT, c->md, c->mctx);
         }
@@ -295,6 +298,14 @@ int ia_tok_pretok_split(const ia_tokenizer *t, const char *text, size_t len, ia_
     split_ctx c = {0};
     int rc = IA_ERR_NOMEM;
     if (!ia_tok_spans_push(&cur, 0, len)) goto oom;
+    /* PCRE2's default limits (10 million backtracks, 20 MB of interpreter heap) guard against
+     * runaway patterns; these patterns are fixed and backtrack linearly, but a multi-megabyte run
+     * of one character class legitimately needs more. */
+    c.mctx = pcre2_match_context_create(t->gctx);
+    if (!c.mctx) goto oom;
+    pcre2_set_match_limit(c.mctx, UINT32_MAX);
+    pcre2_set_depth_limit(c.mctx, UINT32_MAX);
+    pcre2_set_heap_limit(c.mctx, 1u << 20); /* KiB: 1 GiB */
     for (int ri = 0; ri < t->n_regex; ri++) {
         c.md = pcre2_match_data_create_from_pattern(t->regex[ri], t->gctx);
         if (!c.md) goto oom;

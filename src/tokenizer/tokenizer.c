@@ -51,14 +51,17 @@ static int check_array(const gguf_file *f, const char *key, int64_t i, bool stri
 }
 
 /* Reads a token id key: absent leaves *id alone; -1 / 0xFFFFFFFF mean "none" (converters write
- * that for unset ids); anything else must be a valid token. */
-static int read_token_id(const gguf_file *f, const char *key, int32_t n_vocab, int32_t *id, ia_error *err) {
+ * that for unset ids). Out of range is an error when `strict` (BOS/EOS, which encoding adds), else
+ * the default is kept, as llama.cpp does. */
+static int read_token_id(const gguf_file *f, const char *key, int32_t n_vocab, bool strict, int32_t *id,
+                         ia_error *err) {
     int64_t i = gguf_kv_find(f, key);
     if (i < 0) return IA_OK;
     int64_t v;
     int rc = gguf_kv_get_i64(f, i, &v, err);
     if (rc != IA_OK) return rc;
     if (v < 0 || v == 0xFFFFFFFFll) { *id = -1; return IA_OK; }
+    if (v >= n_vocab && !strict) return IA_OK;
     if (v >= n_vocab)
         return ia_error_set(err, IA_ERR_FORMAT, "%s: %s = %lld is out of range (the vocabulary has %d tokens)",
                             gguf_file_path(f), key, (long long)v, n_vocab);
@@ -83,14 +86,17 @@ static int load_tokens(ia_tokenizer *t, const gguf_file *f, ia_error *err) {
                                             (unsigned long long)n);
     t->n_vocab = (int32_t)n;
     t->tok = ia_calloc(n, sizeof *t->tok);
-    if (!t->tok) return ia_error_set(err, IA_ERR_NOMEM, "%s: out of memory for %llu tokens", path, (unsigned long long)n);
+    if (!t->tok)
+        return ia_error_set(err, IA_ERR_NOMEM, "%s: out of memory for %llu tokens", path, (unsigned long long)n);
 
     /* texts: one arena; an empty token gets a unique placeholder, as llama.cpp does, so that it can
      * neither match text nor collide with another token */
     uint64_t total = 0;
     for (uint64_t j = 0; j < n; j++) {
         size_t l = 0;
-        if (!gguf_kv_get_arr_str(f, ki, j, &l)) return ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_TOKENS "[%llu] is unreadable", path, (unsigned long long)j);
+        if (!gguf_kv_get_arr_str(f, ki, j, &l))
+            return ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_TOKENS "[%llu] is unreadable", path,
+                                (unsigned long long)j);
         total += (l ? l : 24) + 1;
     }
     if (total >= UINT32_MAX) return ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_TOKENS " holds too much text", path);
@@ -152,8 +158,8 @@ static int load_tokens(ia_tokenizer *t, const gguf_file *f, ia_error *err) {
         for (; t->map[i] >= 0; i = (i + 1) & t->map_mask) {
             const ia_tok_entry *o = &t->tok[t->map[i]];
             if (o->text_len == e->text_len && memcmp(t->text + o->text_off, s, e->text_len) == 0)
-                return ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_TOKENS "[%d] '%.40s' duplicates token %d", path, id, s,
-                                    t->map[i]);
+                return ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_TOKENS "[%d] '%.40s' duplicates token %d", path,
+                                    id, s, t->map[i]);
         }
         t->map[i] = id;
     }
@@ -163,7 +169,8 @@ static int load_tokens(ia_tokenizer *t, const gguf_file *f, ia_error *err) {
 static int load_merges(ia_tokenizer *t, const gguf_file *f, ia_error *err) {
     const char *path = gguf_file_path(f);
     int64_t mi = gguf_kv_find(f, KEY_MERGES);
-    if (mi < 0) return ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_MERGES " is missing (required for gpt2 tokenizers)", path);
+    if (mi < 0)
+        return ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_MERGES " is missing (required for gpt2 tokenizers)", path);
     int rc = check_array(f, KEY_MERGES, mi, true, 0, err);
     if (rc != IA_OK) return rc;
     uint64_t n = gguf_kv_arr_n(f, mi);
@@ -183,16 +190,18 @@ static int load_merges(ia_tokenizer *t, const gguf_file *f, ia_error *err) {
         /* "left right", split at the first space after position 0 (so a left part may be a space) */
         const char *sp = l > 1 ? memchr(s + 1, ' ', l - 1) : NULL;
         if (!s || !sp) {
-            rc = ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_MERGES "[%llu] = '%.*s' is not two tokens separated by a space",
-                              path, (unsigned long long)j, (int)(l > 60 ? 60 : l), s ? s : "");
+            rc = ia_error_set(err, IA_ERR_FORMAT,
+                              "%s: " KEY_MERGES "[%llu] = '%.*s' is not two tokens separated by a space", path,
+                              (unsigned long long)j, (int)(l > 60 ? 60 : l), s ? s : "");
             break;
         }
         size_t ll = (size_t)(sp - s), rl = l - ll - 1;
         int32_t left = ia_tok_find(t, s, ll), right = ia_tok_find(t, sp + 1, rl);
         if (left < 0 || right < 0) {
-            rc = ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_MERGES "[%llu] = '%.*s': '%.*s' is not in " KEY_TOKENS, path,
-                              (unsigned long long)j, (int)(l > 60 ? 60 : l), s, left < 0 ? (int)(ll > 40 ? 40 : ll) : (int)(rl > 40 ? 40 : rl),
-                              left < 0 ? s : sp + 1);
+            size_t bad_len = left < 0 ? ll : rl;
+            rc = ia_error_set(err, IA_ERR_FORMAT, "%s: " KEY_MERGES "[%llu] = '%.*s': '%.*s' is not in " KEY_TOKENS,
+                              path, (unsigned long long)j, (int)(l > 60 ? 60 : l), s,
+                              (int)(bad_len > 40 ? 40 : bad_len), left < 0 ? s : sp + 1);
             break;
         }
         /* a merge whose result is not a token can never produce output; skip it */
@@ -224,7 +233,8 @@ static int32_t find_str(const ia_tokenizer *t, const char *s) { return ia_tok_fi
 static void detect_eog(ia_tokenizer *t) {
     static const char *const eot_texts[] = {
         "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
-        "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", /* DeepSeek's <｜end▁of▁sentence｜> */
+        /* DeepSeek's <｜end▁of▁sentence｜> */
+        "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
         "<end_of_utterance>", NULL};
     static const char *const eog_texts[] = {
         "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
@@ -443,11 +453,11 @@ ia_tokenizer *ia_tokenizer_load(const gguf_file *f, ia_error *err) {
     if (t->bos >= t->n_vocab) t->bos = -1;
     if (t->eos >= t->n_vocab) t->eos = -1;
     if (t->unk >= t->n_vocab) t->unk = -1;
-    if ((rc = read_token_id(f, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err)) != IA_OK ||
-        (rc = read_token_id(f, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err)) != IA_OK ||
-        (rc = read_token_id(f, "tokenizer.ggml.eot_token_id", t->n_vocab, &t->eot, err)) != IA_OK ||
-        (rc = read_token_id(f, "tokenizer.ggml.eom_token_id", t->n_vocab, &t->eom, err)) != IA_OK ||
-        (rc = read_token_id(f, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->unk, err)) != IA_OK)
+    if ((rc = read_token_id(f, "tokenizer.ggml.bos_token_id", t->n_vocab, true, &t->bos, err)) != IA_OK ||
+        (rc = read_token_id(f, "tokenizer.ggml.eos_token_id", t->n_vocab, true, &t->eos, err)) != IA_OK ||
+        (rc = read_token_id(f, "tokenizer.ggml.eot_token_id", t->n_vocab, false, &t->eot, err)) != IA_OK ||
+        (rc = read_token_id(f, "tokenizer.ggml.eom_token_id", t->n_vocab, false, &t->eom, err)) != IA_OK ||
+        (rc = read_token_id(f, "tokenizer.ggml.unknown_token_id", t->n_vocab, false, &t->unk, err)) != IA_OK)
         goto fail;
     if ((rc = read_flag(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) != IA_OK ||
         (rc = read_flag(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) != IA_OK ||

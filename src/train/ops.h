@@ -67,7 +67,8 @@ void tr_rope_backward(float *dx, const int32_t *pos, const float *cs, const floa
 /* q [N][H*D], k, v [N][Hkv*D]; out [N][H*D]; lse [N][H] (saved for backward). The arithmetic
  * per (t, h) mirrors context.c (dot8, expf softmax, 1/sqrt(D)). */
 void tr_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *start, int N, int H, int Hkv, int D);
+                          const int32_t *start, int N, int H, int Hkv, int D, float *ws);
+size_t tr_attention_ws_floats(int N); /* scratch of the forward: one score row per thread */
 /* dq, dk, dv += ...; delta: scratch [N][H]. Two passes (queries, then keys) so each gradient
  * element has one writer. */
 void tr_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,

@@ -62,4 +62,28 @@ ia_train_opts ia_train_opts_default(void);
  * trains, writes out_path atomically. Resumes from checkpoint_path when it exists and matches. */
 int ia_train(const ia_train_opts *o, ia_train_result *res, ia_error *err);
 
+/* ---- merging and exporting adapters ---- */
+typedef struct ia_merge_opts {
+    const char *base_path;     /* base model GGUF */
+    const char *const *adapters; /* [n_adapters] adapter GGUF paths (llama.cpp format) */
+    const float *scales;       /* [n_adapters] user scales (NULL: all 1) */
+    int n_adapters;
+    const char *out_path;
+    uint32_t type;             /* matrix type of the result: IA_TYPE_F32, F16, BF16 or Q8_0 (rows that do not
+                                  split into Q8_0 blocks fall back to F16); norms and biases stay F32 */
+} ia_merge_opts;
+
+/* Writes base + sum_i scale_i * (alpha_i/r_i) * B_i·A_i as a model GGUF: every metadata key of the
+ * base copied verbatim (tokenizer, pre-tokenizer name, chat template) except general.file_type,
+ * which is set to the new type; memory stays at one tensor. */
+int ia_merge_lora(const ia_merge_opts *o, ia_error *err);
+
+/* Writes a Hugging Face PEFT adapter directory (adapter_config.json + adapter_model.safetensors,
+ * f32, names base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight ...) from an adapter
+ * GGUF; for the llama architecture the rows of q/k lora_B are un-permuted back to HF order
+ * (REFERENCE §1.7). base_name goes to base_model_name_or_path (NULL: the base's general.name, else
+ * its path). The directory is created if needed. */
+int ia_export_peft(const char *adapter_path, const char *base_path, const char *out_dir, const char *base_name,
+                   ia_error *err);
+
 #endif /* IA_TRAIN_H */
