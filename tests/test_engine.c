@@ -234,12 +234,50 @@ static void test_streaming(void **state) {
     ia_engine_free(e);
 }
 
+/* Taken ids are reused, and a reused id carries only the new request's result. */
+static void test_id_reuse(void **state) {
+    ia_error err = {0};
+    ia_engine *e = ia_engine_init(model, 1, 64, 16, &err);
+    assert_non_null(e);
+    int32_t bos = 1;
+    ia_request r = {0};
+    r.prompt = &bos;
+    r.n_prompt = 1;
+    r.sampling = ia_sampling_default();
+    r.sampling.max_tokens = 3;
+    int a = ia_engine_submit(e, &r, &err), b = ia_engine_submit(e, &r, &err);
+    assert_true(a >= 0 && b >= 0 && a != b);
+    ia_engine_cancel(e, b); /* a waiting request that is cancelled finishes without a slot */
+    while (ia_engine_step(e, &err) > 0) {
+    }
+    ia_completion c;
+    assert_int_equal(ia_engine_take(e, a, &c), 1);
+    assert_int_equal(c.n_tokens, 3);
+    assert_memory_equal(c.tokens, REF_IDS, 3 * sizeof(int32_t));
+    ia_completion_clear(&c);
+    assert_int_equal(ia_engine_take(e, b, &c), 1);
+    assert_int_equal(c.n_tokens, 0);
+    ia_completion_clear(&c);
+    assert_int_equal(ia_engine_take(e, a, &c), 0); /* already taken */
+    r.sampling.max_tokens = 5;
+    int a2 = ia_engine_submit(e, &r, &err);
+    assert_true(a2 == a || a2 == b);
+    while (ia_engine_step(e, &err) > 0) {
+    }
+    assert_int_equal(ia_engine_take(e, a2, &c), 1);
+    assert_int_equal(c.n_tokens, 5);
+    assert_memory_equal(c.tokens, REF_IDS, 5 * sizeof(int32_t));
+    ia_completion_clear(&c);
+    ia_engine_free(e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_greedy),     cmocka_unit_test(test_batched_equals_separate),
         cmocka_unit_test(test_seeded_sampling),   cmocka_unit_test(test_stop_and_limits),
         cmocka_unit_test(test_score),             cmocka_unit_test(test_score_trailing_space),
         cmocka_unit_test(test_bad_requests),      cmocka_unit_test(test_streaming),
+        cmocka_unit_test(test_id_reuse),
     };
     return cmocka_run_group_tests_name("engine", tests, setup, teardown);
 }

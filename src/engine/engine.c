@@ -3,7 +3,7 @@
 
 #include <stdlib.h>
 
-typedef enum seq_state { SEQ_WAITING = 0, SEQ_ACTIVE, SEQ_DONE, SEQ_TAKEN } seq_state;
+typedef enum seq_state { SEQ_WAITING = 0, SEQ_ACTIVE, SEQ_DONE, SEQ_FREE } seq_state;
 
 typedef struct eng_seq {
     seq_state state;
@@ -26,6 +26,7 @@ typedef struct eng_seq {
     ia_finish finish;
     bool cancel;
     int logit_row;            /* row in the context's logits for this step, or -1 */
+    int link;                 /* next id in the waiting queue or the free list, or -1 */
     void (*on_text)(void *ud, const char *text, size_t len);
     void (*on_done)(void *ud, int id);
     void *ud;
@@ -36,9 +37,10 @@ struct ia_engine {
     ia_context *ctx;
     int n_slots, n_ctx, n_batch;
     int *slot_owner;          /* [n_slots] seq id or -1 */
-    eng_seq *seqs;            /* [n_seqs] indexed by request id */
+    eng_seq *seqs;            /* [n_seqs] indexed by request id; ids are reused once taken */
     int n_seqs, cap_seqs;
-    int next_waiting;         /* lowest id that may still be waiting */
+    int wait_head, wait_tail; /* FIFO of waiting ids (-1: empty) */
+    int free_head;            /* ids whose results were taken, for reuse (-1: none) */
     int n_unfinished;
     /* batch arrays, sized n_batch */
     int32_t *b_token, *b_pos, *b_slot;
@@ -73,6 +75,7 @@ ia_engine *ia_engine_init(ia_model *m, int n_slots, int n_ctx, int n_batch, ia_e
         goto oom;
     }
     for (int i = 0; i < n_slots; i++) e->slot_owner[i] = -1;
+    e->wait_head = e->wait_tail = e->free_head = -1;
     return e;
 oom:
     ia_error_set(err, IA_ERR_NOMEM, "engine: out of memory");
@@ -139,20 +142,30 @@ int ia_engine_submit(ia_engine *e, const ia_request *r, ia_error *err) {
     s.on_text = r->on_text;
     s.on_done = r->on_done;
     s.ud = r->ud;
+    s.link = -1;
     pthread_mutex_lock(&e->mu);
-    if (e->n_seqs == e->cap_seqs) {
-        int cap = e->cap_seqs ? e->cap_seqs * 2 : 16;
-        eng_seq *ns = ia_realloc(e->seqs, sizeof(eng_seq) * (size_t)cap);
-        if (!ns) {
-            pthread_mutex_unlock(&e->mu);
-            seq_release(&s);
-            return ia_error_set(err, IA_ERR_NOMEM, "out of memory submitting a request"), -1;
+    int id;
+    if (e->free_head >= 0) { /* reuse a taken id, so a long-running server's table stays small */
+        id = e->free_head;
+        e->free_head = e->seqs[id].link;
+    } else {
+        if (e->n_seqs == e->cap_seqs) {
+            int cap = e->cap_seqs ? e->cap_seqs * 2 : 16;
+            eng_seq *ns = ia_realloc(e->seqs, sizeof(eng_seq) * (size_t)cap);
+            if (!ns) {
+                pthread_mutex_unlock(&e->mu);
+                seq_release(&s);
+                return ia_error_set(err, IA_ERR_NOMEM, "out of memory submitting a request"), -1;
+            }
+            e->seqs = ns;
+            e->cap_seqs = cap;
         }
-        e->seqs = ns;
-        e->cap_seqs = cap;
+        id = e->n_seqs++;
     }
-    int id = e->n_seqs++;
     e->seqs[id] = s;
+    if (e->wait_tail >= 0) e->seqs[e->wait_tail].link = id;
+    else e->wait_head = id;
+    e->wait_tail = id;
     e->n_unfinished++;
     pthread_mutex_unlock(&e->mu);
     return id;
@@ -160,7 +173,7 @@ int ia_engine_submit(ia_engine *e, const ia_request *r, ia_error *err) {
 
 void ia_engine_cancel(ia_engine *e, int id) {
     pthread_mutex_lock(&e->mu);
-    if (id >= 0 && id < e->n_seqs) e->seqs[id].cancel = true;
+    if (id >= 0 && id < e->n_seqs && e->seqs[id].state != SEQ_FREE) e->seqs[id].cancel = true;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -230,7 +243,6 @@ int ia_engine_step(ia_engine *e, ia_error *err) {
     /* The lock is held except during the forward pass, so submissions from other threads (which may
      * move e->seqs) never race with the bookkeeping. Callbacks run under it. */
     pthread_mutex_lock(&e->mu);
-    int n_seqs = e->n_seqs;
     for (int slot = 0; slot < e->n_slots; slot++) {
         int id = e->slot_owner[slot];
         if (id >= 0 && e->seqs[id].cancel) {
@@ -238,23 +250,25 @@ int ia_engine_step(ia_engine *e, ia_error *err) {
             seq_finish(e, id, IA_FINISH_STOP);
         }
     }
-    for (int id = e->next_waiting; id < n_seqs; id++) {
+    /* Admit waiting requests in submission order into free slots; cancelled or empty ones finish
+     * without taking a slot. */
+    for (int slot = 0; slot < e->n_slots && e->wait_head >= 0;) {
+        if (e->slot_owner[slot] >= 0) { slot++; continue; }
+        int id = e->wait_head;
         eng_seq *s = &e->seqs[id];
-        if (s->cancel && s->state == SEQ_WAITING) seq_finish(e, id, IA_FINISH_STOP);
-    }
-    while (e->next_waiting < n_seqs && e->seqs[e->next_waiting].state != SEQ_WAITING) e->next_waiting++;
-    for (int slot = 0; slot < e->n_slots; slot++) {
-        if (e->slot_owner[slot] >= 0) continue;
-        int id = e->next_waiting;
-        while (id < n_seqs && e->seqs[id].state != SEQ_WAITING) id++;
-        if (id >= n_seqs) break;
-        eng_seq *s = &e->seqs[id];
+        e->wait_head = s->link;
+        if (e->wait_head < 0) e->wait_tail = -1;
+        s->link = -1;
+        if (s->cancel || s->sp.max_tokens <= 0) {
+            seq_finish(e, id, s->cancel ? IA_FINISH_STOP : IA_FINISH_LENGTH);
+            continue;
+        }
         s->state = SEQ_ACTIVE;
         s->slot = slot;
         s->pos = 0;
         s->n_fed = 0;
         e->slot_owner[slot] = id;
-        if (s->sp.max_tokens <= 0) { seq_finish(e, id, IA_FINISH_LENGTH); slot--; continue; }
+        slot++;
     }
 
     /* Build one batch: every decoding sequence's next token first, then prompt chunks. */
@@ -352,7 +366,6 @@ int ia_engine_take(ia_engine *e, int id, ia_completion *out) {
         return 0;
     }
     eng_seq *s = &e->seqs[id];
-    s->state = SEQ_TAKEN;
     size_t len = s->finish == IA_FINISH_STOP && s->cut <= s->text.len ? s->cut : s->text.len;
     out->text = ia_strndup(s->text.data ? s->text.data : "", len);
     out->tokens = s->gen;
@@ -361,6 +374,9 @@ int ia_engine_take(ia_engine *e, int id, ia_completion *out) {
     out->n_prompt_tokens = s->n_prompt;
     out->finish = s->finish;
     seq_release(s);
+    s->state = SEQ_FREE;
+    s->link = e->free_head;
+    e->free_head = id;
     pthread_mutex_unlock(&e->mu);
     return 1;
 }

@@ -36,7 +36,8 @@ int ia_engine_submit(ia_engine *e, const ia_request *r, ia_error *err);
  * Returns the number of sequences still active or waiting (0 = idle), or -1 on error (err set; the
  * active sequences are then finished with what they have). Call from one thread at a time. */
 int ia_engine_step(ia_engine *e, ia_error *err);
-/* Moves a finished request's completion into *out (1), or returns 0 if it is not finished yet. */
+/* Moves a finished request's completion into *out (1), or returns 0 if it is not finished yet.
+ * After a take the id is free and may be given to a later submission. */
 int ia_engine_take(ia_engine *e, int id, ia_completion *out);
 /* Cancels a request (thread-safe): it finishes at the next step with what it has. */
 void ia_engine_cancel(ia_engine *e, int id);
