@@ -41,7 +41,7 @@ char *ia_report_html(const json_t *snap);
 int ia_report_chart_names(const json_t *snap, char ***names);
 char *ia_report_chart_svg(const json_t *snap, const char *name);
 
-/* Writes report.md, report-charts/*.svg and report.html (and report.json when json) into out_dir
+/* Writes report.md, report-charts/NAME.svg and report.html (and report.json when json) into out_dir
  * (NULL: the run folder). */
 int ia_report_write(const char *run_dir, const char *out_dir, bool json, ia_error *err);
 

@@ -43,7 +43,8 @@ static void fmt_tick(char *out, size_t cap, double v, double step, bool percent)
 
 void svg_chart(ia_buf *b, const svg_chart_opts *o, const svg_series *s, int n) {
     const int W = o->width > 0 ? o->width : 640, H = o->height > 0 ? o->height : 300;
-    const int L = 64, R = 16, T = 40, B = o->xlabel ? 52 : 36;
+    const bool legend = n > 1 || o->legend;
+    const int L = 64, R = 30, T = legend ? 52 : 36, B = o->xlabel ? 52 : 36;
     const int pw = W - L - R, ph = H - T - B;
     double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
     for (int k = 0; k < n; k++)
@@ -64,6 +65,7 @@ void svg_chart(ia_buf *b, const svg_chart_opts *o, const svg_series *s, int n) {
     if (o->y_max_at_least > ymax) ymax = o->y_max_at_least;
     if (ymax - ymin < 1e-12) { ymax += 0.5; ymin -= ymin > 0 && !o->y_from_zero ? 0.5 : 0; if (ymax - ymin < 1e-12) ymax = ymin + 1; }
     double ystep = nice_step(ymax - ymin, 5);
+    if (o->y_integer && ystep < 1) ystep = 1;
     ymin = floor(ymin / ystep) * ystep;
     ymax = ceil(ymax / ystep) * ystep;
     bool any_bars = false;
@@ -78,7 +80,7 @@ void svg_chart(ia_buf *b, const svg_chart_opts *o, const svg_series *s, int n) {
     svg_escape(b, o->title);
     ia_buf_puts(b, "</title>\n");
     ia_buf_printf(b, "<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n", W, H);
-    ia_buf_printf(b, "<text x=\"%d\" y=\"20\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">", L);
+    ia_buf_printf(b, "<text x=\"%d\" y=\"18\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">", L);
     svg_escape(b, o->title);
     ia_buf_puts(b, "</text>\n");
     /* y grid and labels */
@@ -150,16 +152,15 @@ void svg_chart(ia_buf *b, const svg_chart_opts *o, const svg_series *s, int n) {
                 ia_buf_printf(b, ": %g</title></circle>\n", s[k].y[i]);
             }
     }
-    /* legend, top right */
-    if (n > 1 || o->legend) {
-        int lx = L + pw, ly = 14;
-        for (int k = n - 1; k >= 0; k--) {
-            int tw = 8 + 7 * (int)strlen(s[k].name ? s[k].name : "");
-            lx -= tw + 18;
+    /* legend: one row under the title */
+    if (legend) {
+        int lx = L, ly = 38;
+        for (int k = 0; k < n; k++) {
             ia_buf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"12\" fill=\"%s\"/><text x=\"%d\" y=\"%d\" fill=\"#333\">",
-                          lx, ly - 2, s[k].color, lx + 16, ly + 8);
+                          lx, ly - 10, s[k].color, lx + 16, ly);
             svg_escape(b, s[k].name);
             ia_buf_puts(b, "</text>\n");
+            lx += 16 + 7 * (int)strlen(s[k].name ? s[k].name : "") + 18;
         }
     }
     ia_buf_puts(b, "</svg>\n");

@@ -24,6 +24,7 @@ typedef struct svg_chart_opts {
     bool y_from_zero;           /* the y axis starts at 0 */
     double y_max_at_least;      /* the y axis reaches at least this */
     bool legend;                /* a legend even for one series */
+    bool y_integer;             /* y ticks on whole numbers (counts) */
 } svg_chart_opts;
 
 void svg_chart(ia_buf *b, const svg_chart_opts *o, const svg_series *s, int n);

@@ -198,6 +198,7 @@ static void *worker_main(void *arg) {
                 if (fresh) {
                     ia_engine_free(s->eng);
                     s->eng = fresh;
+                    srv_log(s, "engine renewed after %ld sequences", s->eng_ids);
                     s->eng_ids = 0;
                 }
             }
@@ -287,6 +288,7 @@ static void seq_take(srv_job *j, srv_seq *q) {
         ia_engine_take(s->eng, q->engine_id, &q->out);
         pthread_mutex_lock(&s->mu);
         s->untaken--;
+        if (s->untaken == 0 && s->eng_ids >= SRV_ENGINE_RECYCLE) pthread_cond_signal(&s->wake); /* time to renew */
         pthread_mutex_unlock(&s->mu);
     }
     if (!q->out.text) q->out.text = ia_strdup("");

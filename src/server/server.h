@@ -7,6 +7,14 @@
  *   POST /v1/chat/completions    messages -> chat template -> generation; SSE when "stream": true
  *   POST /v1/completions         prompt (string, [strings], [ids], [[ids]]); logprobs + echo give
  *                                prompt log-likelihoods (lm-eval's local-completions protocol)
+ * Request fields: model, messages / prompt, max_tokens / max_completion_tokens, temperature (default
+ * 1, as OpenAI), top_p, top_k, min_p, frequency_penalty, presence_penalty, repeat_penalty /
+ * repetition_penalty, seed (choice i samples with seed + i), stop (string or up to 8), n, stream,
+ * stream_options.include_usage, logprobs (+ top_logprobs on chat), echo, ignore_eos. response_format
+ * {"type":"json_object"} is accepted but not enforced (no grammar: the prompt must ask for JSON);
+ * json_schema, tools, logit_bias and suffix are refused with 400 rather than silently ignored.
+ * Log-probabilities are the raw model's (before temperature and penalties), from a teacher-forced
+ * pass over prompt + output once generation is done.
  * Errors use OpenAI's shape {"error":{"message","type","param","code"}} with 400 (bad request,
  * context_length_exceeded), 401 (missing or wrong key), 404 (unknown path or model), 405, 413 (body
  * too large), 500 and 503 (queue full, shutting down; with Retry-After).
