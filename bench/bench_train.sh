@@ -16,7 +16,7 @@ STEPS=${BENCH_TRAIN_STEPS:-4}
 BATCH=${BENCH_TRAIN_BATCH:-2}
 SEQ=${BENCH_TRAIN_SEQ:-256}
 THREADS=${BENCH_THREADS:-$(nproc)}
-TMP=bench/tmp_train.$$
+TMP=bench/results/tmp_train.$$   # ignored by git (bench/results/ is in .gitignore)
 OUT=bench/results/train.txt
 mkdir -p "$TMP" bench/results
 trap 'rm -rf "$TMP"' EXIT

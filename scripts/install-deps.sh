@@ -12,6 +12,7 @@ PKGS=(
   libopenblas-dev           # optional BLAS backend (make BLAS=1)
   python3 python3-numpy     # float64 reference forward pass used by the tests
   python3-jinja2            # renders real chat templates as the tests' oracle
+  python3-torch             # independent float64 gradient reference for the trainer tests
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -91,4 +91,15 @@ $BIN generate -m data/models/stories260K.gguf -p hi --top-p abc >/dev/null 2>&1;
 # info works on models and vocab files, --json parses
 $BIN info --json data/models/stories260K.gguf 2>/dev/null | /usr/bin/python3 -c 'import sys,json; d=json.load(sys.stdin); assert d["n_tensors"]==48 and d["model"]["arch"]=="llama" and d["tokenizer"]["n_vocab"]==512' 2>/dev/null && ok "info --json stories260K" || nok "info --json stories260K"
 $BIN info --json data/tokenizer/ggml-vocab-phi-3.gguf 2>/dev/null | /usr/bin/python3 -c 'import sys,json; d=json.load(sys.stdin); assert d["chat_template"]=="phi3" and "model_error" in d' 2>/dev/null && ok "info --json phi-3 vocab (template detected)" || nok "info --json phi-3 vocab"
+# generate --lora FILE applies an adapter at run time: same tokens as the merged model
+printf '%s\n' '{"prompt":"Once upon a time","completion":" the blue robot sang a song about the moon."}' > "$T/tr.jsonl"
+if $BIN train -m data/models/stories260K.gguf --data "$T/tr.jsonl" -o "$T/a.gguf" --epochs 30 --lr 3e-3 -q >/dev/null 2>&1 &&
+   $BIN merge -m data/models/stories260K.gguf --lora "$T/a.gguf" --out "$T/merged.gguf" --type f32 >/dev/null 2>&1; then
+  a=$($BIN generate -m data/models/stories260K.gguf --lora "$T/a.gguf" -p "Once upon a time" -n 12 --json 2>/dev/null | /usr/bin/python3 -c 'import sys,json; print(json.loads(sys.stdin.readline())["tokens"])')
+  b=$($BIN generate -m "$T/merged.gguf" -p "Once upon a time" -n 12 --json 2>/dev/null | /usr/bin/python3 -c 'import sys,json; print(json.loads(sys.stdin.readline())["tokens"])')
+  c=$($BIN generate -m data/models/stories260K.gguf -p "Once upon a time" -n 12 --json 2>/dev/null | /usr/bin/python3 -c 'import sys,json; print(json.loads(sys.stdin.readline())["tokens"])')
+  [ -n "$a" ] && [ "$a" = "$b" ] && [ "$a" != "$c" ] && ok "generate --lora = merged model, and differs from the base" || nok "generate --lora = merged model" "lora=$a merged=$b base=$c"
+else
+  nok "generate --lora = merged model" "train or merge failed"
+fi
 rm -rf "$T"

@@ -24,7 +24,7 @@ STORIES=data/models/stories260K.gguf
 
 # The driver: against the library when it is up to date, else from the sources.
 DRV=$TMP/train_driver
-CFLAGS="-std=c11 -D_GNU_SOURCE -O2 -fopenmp -pthread -Iinclude -Isrc"
+CFLAGS="-std=c11 -D_GNU_SOURCE -O2 -fopenmp -pthread -Iinclude -Isrc ${EXTRA_CFLAGS:-}"  # EXTRA_CFLAGS: sanitizers under make test-asan
 LIBS="-lpcre2-8 -ljansson -lcurl -lmicrohttpd -lsqlite3 -lm"
 if [ -f "$BUILD/libiteralign.a" ] && [ -z "$(find src include -newer "$BUILD/libiteralign.a" -name '*.[ch]' | head -1)" ]; then
   cc $CFLAGS -o "$DRV" tests/train_driver.c "$BUILD/libiteralign.a" $LIBS 2>"$TMP/cc.log"
@@ -57,7 +57,8 @@ if "$PY" -c 'import torch' 2>/dev/null; then
     else notok "$name: $out"; fi
   }
   if mk "$TMP/ll.gguf" llama $SPM f32 64 96 --untied && mk "$TMP/qw.gguf" qwen2 $GPT2 f32 64 96 --tied &&
-     mk "$TMP/lq.gguf" llama $SPM q8_0 64 96 --untied && mk "$TMP/qk.gguf" qwen2 $GPT2 q4_k 256 256 --tied; then
+     mk "$TMP/lq.gguf" llama $SPM q8_0 64 96 --untied && mk "$TMP/qk.gguf" qwen2 $GPT2 q4_k 256 256 --tied &&
+     mk "$TMP/lh.gguf" llama $SPM f16 64 96 --tied; then
     grad "llama F32 LoRA all targets vs torch" "$TMP/ll.gguf" lora 4 8 all
     grad "llama F32 full fine-tuning vs torch" "$TMP/ll.gguf" full 4 8 all
     grad "llama F32 full fine-tuning, recomputed activations, vs torch" "$TMP/ll.gguf" full 4 8 all recompute
@@ -65,10 +66,23 @@ if "$PY" -c 'import torch' 2>/dev/null; then
     grad "qwen2 F32 LoRA q,v,down, recomputed, vs torch" "$TMP/qw.gguf" lora 4 8 q,v,down recompute
     grad "llama Q8_0 base LoRA (QLoRA-style) vs torch" "$TMP/lq.gguf" lora 8 16 all
     grad "qwen2 Q4_K base LoRA vs torch" "$TMP/qk.gguf" lora 4 4 q,k,o,gate,up
+    grad "llama F16 (tied) full fine-tuning vs torch" "$TMP/lh.gguf" full 4 8 all
+    # full fine-tuning writes the model back in the base's tensor types
+    if "$BIN" train -m "$TMP/lh.gguf" --data "$TMP/mixed.jsonl" --out "$TMP/lh2.gguf" --method full --epochs 1 -t 1 -q \
+         2>"$TMP/err.log" && out=$("$PY" - "$TMP/lh.gguf" "$TMP/lh2.gguf" <<'PYEOF'
+import sys; sys.path.insert(0, "tests/ref"); import gguf
+import numpy as np
+a, b = gguf.read(sys.argv[1]), gguf.read(sys.argv[2])
+assert a.metadata == b.metadata, "metadata changed"
+assert [(n, t.type, t.ne) for n, t in a.tensors.items()] == [(n, t.type, t.ne) for n, t in b.tensors.items()], "types/shapes"
+moved = sum(not np.array_equal(gguf.dequantize(a.tensors[n]), gguf.dequantize(b.tensors[n])) for n in a.tensors)
+print("%d of %d tensors updated, types and metadata kept" % (moved, len(a.tensors)))
+PYEOF
+); then ok "full fine-tuning of an F16 base writes F16: $out"; else notok "full FT F16 output: ${out:-}"; sed 's/^/# /' "$TMP/err.log"; fi
   else
     notok "make random models"; sed 's/^/# /' "$TMP/err.log"
   fi
-  rm -f "$TMP"/ll.gguf "$TMP"/qw.gguf "$TMP"/lq.gguf "$TMP"/qk.gguf
+  rm -f "$TMP"/ll.gguf "$TMP"/qw.gguf "$TMP"/lq.gguf "$TMP"/qk.gguf "$TMP"/lh.gguf "$TMP"/lh2.gguf
 else
   skip "gradients vs torch: python3-torch is not installed for $PY (apt-get install python3-torch)"
 fi
@@ -120,6 +134,7 @@ for t in f16 bf16 q8_0; do
      "$DRV" logits "$TMP/m_$t.gguf" "$TMP/mem.jsonl" default "$TMP/m_$t.f32" 2>>"$TMP/err.log" &&
      out=$("$DRV" cmp "$TMP/m_$t.f32" "$TMP/mg.f32" 0.05); then ok "merge $t: logits vs f32 merge $out"
   else notok "merge $t: ${out:-}"; sed 's/^/# /' "$TMP/err.log"; fi
+  [ $t = q8_0 ] && mv "$TMP/m_$t.gguf" "$TMP/m_q.gguf"
   rm -f "$TMP/m_$t.gguf"
 done
 # the merged model keeps the base's tokenizer and metadata
@@ -186,6 +201,35 @@ else notok "checkpoint mismatch message"; sed 's/^/# /' "$TMP/err.log"; fi
 "$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/s1.gguf" --epochs 5 --dropout 0.1 --seed 3 -t 1 -q 2>/dev/null
 "$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/s2.gguf" --epochs 5 --dropout 0.1 --seed 3 -t 2 -q 2>/dev/null
 if cmp -s "$TMP/s1.gguf" "$TMP/s2.gguf"; then ok "same seed on 1 and 2 threads: identical adapters"; else notok "seeded runs differ"; fi
+
+# gradient accumulation: 2 micro-batches of 2 make the same step as one batch of 4 (same examples)
+"$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/g1.gguf" --epochs 2 -b 4 --seed 2 -t 1 -q --log "$TMP/g1.log" 2>/dev/null
+"$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/g2.gguf" --epochs 2 -b 2 --grad-accum 2 --seed 2 -t 1 -q --log "$TMP/g2.log" 2>/dev/null
+if out=$(paste -d' ' <(sed 's/.*"loss":\([0-9.]*\),.*"grad_norm":\([0-9.]*\),.*/\1 \2/' "$TMP/g1.log") \
+                     <(sed 's/.*"loss":\([0-9.]*\),.*"grad_norm":\([0-9.]*\),.*/\1 \2/' "$TMP/g2.log") |
+         awk '{ d = $1 - $3; e = $2 - $4; if (d < 0) d = -d; if (e < 0) e = -e; if (d > m) m = d; if (e > m) m = e }
+              END { printf "max |diff| of loss and grad norm over %d steps: %.2g", NR, m; exit !(NR == 2 && m < 1e-4) }'); then
+  ok "batch 4 == batch 2 x grad-accum 2: $out"
+else notok "gradient accumulation: ${out:-}"; fi
+# packing groups examples differently but trains the same function: the loss still falls
+if "$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/p.gguf" --epochs 30 --lr 1e-2 --pack -b 1 --max-len 40 \
+     --seed 1 -t 1 -q --log "$TMP/p.log" 2>"$TMP/err.log" && awk -F'"loss":' 'END { split($2, a, ","); exit !(a[1] < 0.7) }' "$TMP/p.log"; then
+  ok "packing (2 examples per micro-batch of 40 tokens): loss $(sed -n '1s/.*"loss":\([0-9.]*\).*/\1/p' "$TMP/p.log") -> $(sed -n '$s/.*"loss":\([0-9.]*\).*/\1/p' "$TMP/p.log")"
+else notok "packing"; sed 's/^/# /' "$TMP/err.log"; fi
+# continuing from an adapter starts where it ended
+if "$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/c.gguf" --init-adapter "$TMP/a.gguf" --epochs 1 --lr 1e-4 \
+     -t 1 -q --log "$TMP/c.log" 2>"$TMP/err.log" && awk -F'"loss":' '{ split($2, a, ","); exit !(a[1] < 0.45) }' "$TMP/c.log"; then
+  ok "--init-adapter continues from the trained adapter (first loss $(sed -n '1s/.*"loss":\([0-9.]*\).*/\1/p' "$TMP/c.log"))"
+else notok "--init-adapter"; sed 's/^/# /' "$TMP/err.log"; fi
+# full fine-tuning writes a whole model (base metadata kept) that has learned the completions
+if "$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/full.gguf" --method full --epochs 30 --lr 1e-3 -t 1 -q \
+     2>"$TMP/err.log" && out=$("$DRV" eval "$TMP/full.gguf" "$TMP/mem.jsonl" default 2>&1) &&
+   awk '{ exit !($6 < 0.05) }' <<<"$out" && [[ "$("$BIN" generate -m "$TMP/full.gguf" -p "Lily went" -n 10 -t 1 2>/dev/null)" == " to the moon with her mom."* ]]; then
+  ok "full fine-tuning on stories260K: $out; greedy 'Lily went' -> ' to the moon with her mom.'"
+else notok "full fine-tuning: ${out:-}"; sed 's/^/# /' "$TMP/err.log"; fi
+if "$BIN" train -m "$TMP/m_q.gguf" --data "$TMP/mem.jsonl" --out "$TMP/x.gguf" --method full -q 2>"$TMP/err.log" ||
+   ! grep -q "full fine-tuning needs an F32, F16 or BF16 base" "$TMP/err.log"; then notok "full FT on a quantised base refused"
+else ok "full fine-tuning on a Q8_0 base is refused with a hint to use LoRA"; fi
 
 # ---- 5. PEFT export ----
 if "$BIN" export-peft --lora "$TMP/a.gguf" -m $STORIES --out "$TMP/peft" 2>"$TMP/err.log" &&

@@ -447,6 +447,23 @@ static void test_rates_and_store(void **state) {
     assert_int_equal(ia_store_get_i64(s, &err, &v, &found, "SELECT n FROM metrics WHERE name = 'refusal_rate/rate'", ""), IA_OK);
     assert_true(found);
     assert_int_equal(v, 4);
+    /* align --eval's one call: numbers in the store, every item beside it */
+    ia_eval_config c2 = ia_eval_config_default();
+    c2.limit = 2;
+    char *summary = NULL;
+    assert_int_equal(ia_eval_for_run(model, &c2, "truthfulqa_mc1,hhh", s, test_tmpdir(), "after", 1, &summary, &err), IA_OK);
+    assert_non_null(strstr(summary, "truthfulqa_mc1/acc "));
+    assert_non_null(strstr(summary, "hhh/acc_harmless "));
+    ia_free(summary);
+    assert_int_equal(ia_store_get_i64(s, &err, &v, &found, "SELECT count(*) FROM metrics WHERE phase = 'after' AND batch = 1", ""), IA_OK);
+    assert_int_equal(v, 3); /* mc1, hhh overall, hhh harmless (2 items: one subset) */
+    char jpath[300];
+    snprintf(jpath, sizeof jpath, "%s/eval/after-round-001.json", test_tmpdir());
+    json_t *saved = json_load_file(jpath, 0, NULL);
+    assert_non_null(saved);
+    assert_int_equal(json_array_size(json_object_get(json_object_get(json_object_get(saved, "tasks"), "hhh"), "items")), 2);
+    json_decref(saved);
+    assert_int_equal(ia_eval_for_run(model, &c2, "nope", s, NULL, "after", 2, NULL, &err), IA_ERR_ARG);
     ia_store_close(s);
     json_decref(res);
 }

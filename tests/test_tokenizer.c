@@ -417,6 +417,34 @@ static void test_long_inputs(void **state) {
     }
 }
 
+/* Merging SPM text word by word (the fast path) gives exactly what one pass over the whole text
+ * gives. */
+static void test_spm_word_split(void **state) {
+    (void)state;
+    const char *names[] = {"llama-spm", "phi-3"};
+    for (int v = 0; v < 2; v++) {
+        ia_tokenizer *t = vocab(names[v]);
+        if (!t) continue;
+        assert_true(t->spm_word_split);
+        char *s = make_text(200000, 11 + (unsigned)v);
+        static const char extra[] = "  a  b   c\n \n\t x\xe2\x96\x81\xe2\x96\x81y \xff\xfe z";
+        for (int k = 0; k < 2; k++) {
+            const char *text = k ? extra : s;
+            size_t len = strlen(text);
+            int32_t *a = NULL, *b = NULL;
+            int na = encode(t, text, len, true, true, &a);
+            t->spm_word_split = false;
+            int nb = encode(t, text, len, true, true, &b);
+            t->spm_word_split = true;
+            assert_int_equal(na, nb);
+            assert_memory_equal(a, b, (size_t)na * sizeof *a);
+            ia_free(a);
+            ia_free(b);
+        }
+        free(s);
+    }
+}
+
 typedef struct thread_arg {
     const ia_tokenizer *t;
     const char *text;
@@ -799,6 +827,7 @@ int main(void) {
         cmocka_unit_test(test_pretok_splits),
         cmocka_unit_test(test_bad_metadata),    cmocka_unit_test(test_stories_vocab),
         cmocka_unit_test(test_long_inputs),     cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_spm_word_split),
         cmocka_unit_test(test_oom),
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) tests[n++] = fixed[i];

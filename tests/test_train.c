@@ -562,16 +562,17 @@ static void test_checkpoint_roundtrip(void **st) {
     float mem[4 * 16], back[4 * 16];
     for (int i = 0; i < 64; i++) mem[i] = (float)i * 0.5f;
     tr_params P = {1, t, 16, mem, mem, mem + 16, mem + 32, mem + 48};
-    tr_ckpt_state s = {7, 0xabc, 1.5};
+    tr_ckpt_state s = {7, 0xabc, 1.5, 0.25};
     char path[256];
     test_tmpfile(path, sizeof path, "c.ckpt");
     ia_error err = {0};
     assert_int_equal(tr_checkpoint_write(path, &P, &s, &err), IA_OK);
     memset(back, 0, sizeof back);
     tr_params Q = {1, t, 16, back, back, back + 16, back + 32, back + 48};
-    tr_ckpt_state r = {0, 0xabc, 0};
+    tr_ckpt_state r = {0, 0xabc, 0, 0};
     assert_int_equal(tr_checkpoint_read(path, &Q, &r, &err), 1);
     assert_int_equal(r.step, 7);
+    assert_true(r.first_loss == 1.5 && r.last_loss == 0.25);
     assert_memory_equal(back, mem, 16 * sizeof(float));          /* params */
     assert_memory_equal(back + 32, mem + 32, 32 * sizeof(float)); /* m, v */
     r.fingerprint = 0xabd;
@@ -579,7 +580,7 @@ static void test_checkpoint_roundtrip(void **st) {
     assert_non_null(strstr(err.msg, "different run"));
     /* one flipped byte is caught */
     FILE *f = fopen(path, "r+b");
-    fseek(f, 60, SEEK_SET);
+    fseek(f, 70, SEEK_SET);
     fputc(0x55, f);
     fclose(f);
     r.fingerprint = 0xabc;

@@ -121,13 +121,20 @@ int main(int argc, char **argv) {
     if (argc == 5 && !strcmp(argv[1], "cmp")) {
         size_t na, nb;
         float *a = read_f32(argv[2], &na), *b = read_f32(argv[3], &nb);
-        if (!a || !b || na != nb || !na) { fprintf(stderr, "cannot compare %s and %s\n", argv[2], argv[3]); return 1; }
+        if (!a || !b || na != nb || !na) {
+            fprintf(stderr, "cannot compare %s and %s\n", argv[2], argv[3]);
+            free(a);
+            free(b);
+            return 1;
+        }
         double md = 0, mb = 0;
         for (size_t i = 0; i < na; i++) {
             if (fabs(a[i] - b[i]) > md) md = fabs(a[i] - b[i]);
             if (fabs(b[i]) > mb) mb = fabs(b[i]);
         }
         printf("max_abs_diff %.3g max_abs %.3g rel %.3g\n", md, mb, md / mb);
+        free(a);
+        free(b);
         return md / mb > atof(argv[4]);
     }
     if (argc < 9 || strcmp(argv[1], "grad")) {

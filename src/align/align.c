@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -290,14 +291,18 @@ static int open_judges(run *R, const char *rules_json, ia_error *err) {
         R->rules = rules_json ? ia_rules_parse(rules_json, strlen(rules_json), c->rules, err) : ia_rules_load(c->rules, err);
         if (!R->rules) return err->code;
     }
+    const char *ju = c->judge_url ? c->judge_url : c->teacher;
+    const char *jm = c->judge_model ? c->judge_model : c->teacher_model;
+    const char *pu = c->proposer_url ? c->proposer_url : c->teacher;
+    const char *pm = c->proposer_model ? c->proposer_model : c->teacher_model;
     if (R->use_llm) {
-        const char *ju = c->judge_url ? c->judge_url : c->teacher;
-        const char *jm = c->judge_model ? c->judge_model : c->teacher_model;
-        const char *pu = c->proposer_url ? c->proposer_url : c->teacher;
-        const char *pm = c->proposer_model ? c->proposer_model : c->teacher_model;
         R->judge_t = ia_teacher_open(ju, jm, c, R->st, err);
         if (!R->judge_t) return err->code;
-        if (!strcmp(ju, pu) && ((!jm && !pm) || (jm && pm && !strcmp(jm, pm)))) {
+    }
+    /* a proposer is used whenever one is configured, also next to a rules-only judge: it turns
+       the flagged answers into constitutions worded more generally than a detector's own text */
+    if (pu) {
+        if (R->judge_t && !strcmp(ju, pu) && ((!jm && !pm) || (jm && pm && !strcmp(jm, pm)))) {
             R->prop_t = R->judge_t;
         } else {
             R->prop_t = ia_teacher_open(pu, pm, c, R->st, err);
@@ -505,9 +510,29 @@ static int load_prompts(run *R, const char *split, ia_prompt **out, char ***pres
     return rc;
 }
 
+/* Removes what a killed run may have left half-written: "<name>.tmp..." files (every file of a run
+ * is written under a temporary name and renamed). */
+static void remove_tmp_files(const char *dir) {
+    const char *sub[] = {"", "adapters", "train", "models", NULL};
+    for (int i = 0; sub[i]; i++) {
+        char *d = sub[i][0] ? path_join(dir, sub[i]) : ia_strdup(dir);
+        DIR *dd = opendir(d);
+        struct dirent *e;
+        while (dd && (e = readdir(dd)) != NULL) {
+            if (!strstr(e->d_name, ".tmp")) continue;
+            char *p = path_join(d, e->d_name);
+            unlink(p);
+            ia_free(p);
+        }
+        if (dd) closedir(dd);
+        ia_free(d);
+    }
+}
+
 static int open_existing(run *R, const ia_align_config *user, const ia_strv *explicit_set, ia_error *err) {
     int rc = lock_dir(R, err);
     if (rc != IA_OK) return rc;
+    remove_tmp_files(R->dir);
     char *db = path_join(R->dir, "run.db");
     R->st = ia_store_open(db, false, err);
     ia_free(db);
@@ -835,7 +860,14 @@ static int64_t registry_add(run *R, const char *text, const char *source, int ba
         }
         sqlite3_finalize(q);
         ia_store_unlock(R->st);
-        if (best_id && best >= R->cfg.merge_threshold) {
+        char *best_text = NULL;
+        if (best_id) ia_store_get_text(R->st, NULL, &best_text, "SELECT text FROM constitutions WHERE id=?", "I", best_id);
+        bool same_text = best_text && !strcasecmp(best_text, text);
+        ia_free(best_text);
+        if (best_id && same_text) {
+            id = best_id; /* proposed again word for word: only the provenance grows */
+            found = true;
+        } else if (best_id && best >= R->cfg.merge_threshold) {
             /* keep the new wording as a merged row, point provenance at the entry */
             if (ia_store_exec(R->st, err,
                               "INSERT INTO constitutions(text, source, first_batch, merged_into, call_key) VALUES(?, ?, ?, ?, ?)",
@@ -877,14 +909,13 @@ static int stage_propose(run *R, int b, ia_error *err) {
     /* flagged answers, with which judge flagged them */
     int n = 0;
     int *pidx = NULL;
-    bool *by_rules = NULL, *by_llm = NULL;
+    bool *by_rules = NULL;
     char **ans = NULL, **why = NULL;
     ia_store_lock(R->st);
     sqlite3_stmt *q = ia_store_prepare(
         R->st, err,
         "SELECT a.prompt_idx, a.text, c.reason,"
-        " (SELECT flagged FROM verdicts v WHERE v.subject='answer' AND v.batch=a.batch AND v.idx=a.prompt_idx AND v.judge='rules'),"
-        " (SELECT flagged FROM verdicts v WHERE v.subject='answer' AND v.batch=a.batch AND v.idx=a.prompt_idx AND v.judge='llm')"
+        " (SELECT flagged FROM verdicts v WHERE v.subject='answer' AND v.batch=a.batch AND v.idx=a.prompt_idx AND v.judge='rules')"
         " FROM answers a JOIN verdicts c ON c.subject='answer' AND c.batch=a.batch AND c.idx=a.prompt_idx AND c.judge='combined'"
         " WHERE a.batch=? AND c.flagged=1 ORDER BY a.prompt_idx",
         "i", b);
@@ -893,12 +924,10 @@ static int stage_propose(run *R, int b, ia_error *err) {
         ans = ia_realloc(ans, sizeof(char *) * (size_t)(n + 1));
         why = ia_realloc(why, sizeof(char *) * (size_t)(n + 1));
         by_rules = ia_realloc(by_rules, sizeof(bool) * (size_t)(n + 1));
-        by_llm = ia_realloc(by_llm, sizeof(bool) * (size_t)(n + 1));
         pidx[n] = sqlite3_column_int(q, 0);
         ans[n] = ia_store_col_text(q, 1);
         why[n] = sqlite3_column_type(q, 2) == SQLITE_NULL ? NULL : ia_store_col_text(q, 2);
         by_rules[n] = sqlite3_column_int(q, 3) == 1;
-        by_llm[n] = sqlite3_column_int(q, 4) == 1;
         n++;
     }
     sqlite3_finalize(q);
@@ -913,31 +942,30 @@ static int stage_propose(run *R, int b, ia_error *err) {
         if (rc == IA_OK) logf_(R, "batch %d/%d: nothing flagged; skipped", b + 1, R->n_batches);
         return rc;
     }
-    /* the teacher's proposal for the answers the LLM flagged (one request per batch) */
+    /* the teacher's proposal for the flagged answers (one request per batch) */
     ia_proposal *props = NULL;
-    int n_props = 0, n_llm = 0;
-    int *llm_map = ia_calloc((size_t)n, sizeof(int)); /* position in the proposal list -> i */
+    int n_props = 0, n_shown = 0;
+    int *shown_map = ia_calloc((size_t)n, sizeof(int)); /* position in the proposal list -> i */
     char prop_key[65] = "";
     bool prop_unusable = false;
-    if (R->use_llm) {
+    if (R->prop_t) {
         ia_flagged *fl = ia_calloc((size_t)n, sizeof *fl);
-        for (int i = 0; i < n; i++)
-            if (by_llm[i]) {
-                fl[n_llm] = (ia_flagged){R->train[pidx[i]].text, ans[i], why[i]};
-                llm_map[n_llm++] = i;
-            }
-        if (n_llm > 0) {
+        for (int i = 0; i < n; i++) {
+            fl[n_shown] = (ia_flagged){R->train[pidx[i]].text, ans[i], why[i]};
+            shown_map[n_shown++] = i;
+        }
+        if (n_shown > 0) {
             char **ex = NULL;
             int nex = 0;
             if (R->cfg.registry && R->pstyle == IA_STYLE_IMPROVED) registry_texts(R, &ex, &nex);
             ia_msgs msgs;
-            ia_propose_messages(R->pstyle, fl, n_llm, (const char *const *)ex, nex, &msgs);
+            ia_propose_messages(R->pstyle, fl, n_shown, (const char *const *)ex, nex, &msgs);
             ia_teacher_req req = {&msgs, R->cfg.proposer_max_tokens, R->pstyle == IA_STYLE_IMPROVED && strcmp(R->cfg.judge_format, "none") ? IA_CLIENT_FORMAT_JSON_OBJECT : IA_CLIENT_FORMAT_NONE, NULL};
             ia_teacher_res res;
             rc = ia_teacher_run(R->prop_t, "propose", &req, 1, &res, progress, R, err);
             if (rc == IA_OK) {
                 memcpy(prop_key, res.call_key, 65);
-                if (res.status == IA_CALL_OK) n_props = ia_propose_parse(R->pstyle, res.content, n_llm, &props);
+                if (res.status == IA_CALL_OK) n_props = ia_propose_parse(R->pstyle, res.content, n_shown, &props);
                 if (n_props == 0) {
                     prop_unusable = true;
                     ia_store_exec(R->st, NULL,
@@ -969,12 +997,12 @@ static int stage_propose(run *R, int b, ia_error *err) {
             ia_verdict_clear(&v);
         }
         for (int p = 0; p < n_props && rc == IA_OK; p++) {
-            int *who = ia_calloc((size_t)(n_llm ? n_llm : 1), sizeof(int));
+            int *who = ia_calloc((size_t)(n_shown ? n_shown : 1), sizeof(int));
             int nw = 0;
             if (props[p].n_answers == 0)
-                for (int k = 0; k < n_llm; k++) who[nw++] = pidx[llm_map[k]];
+                for (int k = 0; k < n_shown; k++) who[nw++] = pidx[shown_map[k]];
             else
-                for (int k = 0; k < props[p].n_answers; k++) who[nw++] = pidx[llm_map[props[p].answers[k]]];
+                for (int k = 0; k < props[p].n_answers; k++) who[nw++] = pidx[shown_map[props[p].answers[k]]];
             int64_t id = registry_add(R, props[p].text, "teacher", b, who, nw, prop_key, err);
             for (int k = 0; k < nw && rc == IA_OK; k++) rc = id < 0 ? IA_ERR_DB : add_revise_with(R, b, who[k], id, err);
             ia_free(who);
@@ -990,12 +1018,11 @@ static int stage_propose(run *R, int b, ia_error *err) {
         logf_(R, "batch %d/%d: propose: constitutions for %d flagged answer%s%s", b + 1, R->n_batches, with_const,
               with_const == 1 ? "" : "s", prop_unusable ? " (the teacher's proposal was unusable; recorded)" : "");
     ia_proposals_free(props, n_props);
-    ia_free(llm_map);
+    ia_free(shown_map);
     free_strs(ans, n);
     free_strs(why, n);
     ia_free(pidx);
     ia_free(by_rules);
-    ia_free(by_llm);
     return rc;
 }
 

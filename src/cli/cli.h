@@ -44,5 +44,6 @@ int cli_lora_apply(ia_model *m, const char *spec, ia_error *err);
 int cmd_serve(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_report(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

@@ -264,6 +264,7 @@ int cmd_eval(int argc, char **argv) {
     } else {
         print_table(res);
     }
+    fflush(stdout); /* the table before the timing line on a terminal */
     fprintf(stderr, "iteralign: evaluation took %.2f s\n", ia_time_now() - t0);
     rc = 0;
 out:

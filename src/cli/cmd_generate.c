@@ -12,6 +12,7 @@ static void generate_help(FILE *f) {
           "so an empty prompt means BOS alone.\n\n"
           "input and output:\n"
           "  -m, --model FILE           GGUF model (llama or qwen2 architecture)\n"
+          "      --lora FILE[:SCALE]    apply a LoRA adapter at run time (repeatable; scale default 1)\n"
           "  -p, --prompt TEXT          one prompt\n"
           "  -f, --file FILE            JSONL, one object per line with a \"prompt\" field\n"
           "      --json                 one JSON object per completion: index, prompt, text, tokens,\n"
@@ -106,7 +107,7 @@ static void progress_cb(void *ud, int done, int total) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_RP, O_RLN, O_FP, O_PP, O_STOP, O_SEED, O_JSON, O_CHAT, O_TMPL,
-           O_SYS, O_SPECIAL, O_PAR, O_CTX, O_IGNEOS };
+           O_SYS, O_SPECIAL, O_PAR, O_CTX, O_IGNEOS, O_LORA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
         {"file", required_argument, 0, 'f'},        {"max-tokens", required_argument, 0, 'n'},
@@ -119,10 +120,13 @@ int cmd_generate(int argc, char **argv) {
         {"chat", no_argument, 0, O_CHAT},           {"chat-template", required_argument, 0, O_TMPL},
         {"system", required_argument, 0, O_SYS},    {"special", no_argument, 0, O_SPECIAL},
         {"parallel", required_argument, 0, O_PAR},  {"ctx", required_argument, 0, O_CTX},
-        {"ignore-eos", no_argument, 0, O_IGNEOS},   {"help", no_argument, 0, 'h'},
+        {"ignore-eos", no_argument, 0, O_IGNEOS},   {"lora", required_argument, 0, O_LORA},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char *model = NULL, *prompt = NULL, *file = NULL, *tmpl_name = NULL, *system = NULL;
     bool json = false, chat = false;
+    const char *loras[16];
+    int n_loras = 0;
     int threads = 0;
     ia_generate_opts go = ia_generate_opts_default();
     ia_sampling *sp = &go.sampling;
@@ -156,6 +160,10 @@ int cmd_generate(int argc, char **argv) {
         case O_PAR: if (!cli_parse_int("--parallel", optarg, 1, 4096, &go.n_parallel)) return 2; break;
         case O_CTX: if (!cli_parse_int("--ctx", optarg, 2, 1 << 24, &go.n_ctx)) return 2; break;
         case O_IGNEOS: sp->ignore_eos = true; break;
+        case O_LORA:
+            if (n_loras >= 16) return cli_fail("at most 16 --lora adapters"), 2;
+            loras[n_loras++] = optarg;
+            break;
         case 'h': generate_help(stdout); return 0;
         default: return cli_usage_error("generate");
         }
@@ -181,6 +189,8 @@ int cmd_generate(int argc, char **argv) {
     }
     m = ia_model_load(model, &err);
     if (!m) { cli_fail_err(&err); goto out; }
+    for (int i = 0; i < n_loras; i++)
+        if (cli_lora_apply(m, loras[i], &err) != IA_OK) { cli_fail_err(&err); goto out; }
     const char *const *use = (const char *const *)prompts;
     if (chat) {
         ia_chat_template_id tid;

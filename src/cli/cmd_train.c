@@ -30,7 +30,7 @@ static void train_help(FILE *f) {
           "      --epochs N             default 3\n"
           "  -b, --batch-size N         examples (padding) or rows of --max-len tokens (packing) per micro-batch (4)\n"
           "      --grad-accum N         micro-batches per optimizer step (default 1)\n"
-          "      --lr X                 peak learning rate (default 1e-4)\n"
+          "      --lr X                 peak learning rate (default 1e-4; 1e-5 with --method full)\n"
           "      --schedule NAME        constant, linear or cosine (default cosine)\n"
           "      --warmup-ratio X       fraction of steps of linear warm-up (default 0.03)\n"
           "      --weight-decay X       AdamW decoupled weight decay (default 0)\n"
@@ -88,6 +88,7 @@ int cmd_train(int argc, char **argv) {
         {"help", no_argument, 0, 'h'},               {0, 0, 0, 0}};
     ia_train_opts o = ia_train_opts_default();
     int threads = 0, c;
+    bool lr_set = false;
     prog_ud pu = {isatty(2) != 0, false};
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:o:r:b:t:qh", opts, NULL)) != -1) {
@@ -109,7 +110,7 @@ int cmd_train(int argc, char **argv) {
         case O_EPOCHS: if (!cli_parse_int("--epochs", optarg, 1, 1000000, &o.epochs)) return 2; break;
         case 'b': if (!cli_parse_int("--batch-size", optarg, 1, 1 << 20, &o.batch_size)) return 2; break;
         case O_ACCUM: if (!cli_parse_int("--grad-accum", optarg, 1, 1 << 20, &o.grad_accum)) return 2; break;
-        case O_LR: if (!cli_parse_float("--lr", optarg, &o.lr)) return 2; break;
+        case O_LR: if (!cli_parse_float("--lr", optarg, &o.lr)) return 2; lr_set = true; break;
         case O_SCHED:
             if (!strcmp(optarg, "constant")) o.schedule = IA_LR_CONSTANT;
             else if (!strcmp(optarg, "linear")) o.schedule = IA_LR_LINEAR;
@@ -139,7 +140,7 @@ int cmd_train(int argc, char **argv) {
     if (!o.data_path) return cli_fail("train: --data FILE is required"), cli_usage_error("train");
     if (!o.out_path) return cli_fail("train: --out FILE is required"), cli_usage_error("train");
     if (optind < argc) return cli_fail("train: unexpected argument '%s'", argv[optind]), cli_usage_error("train");
-    if (o.method == IA_TRAIN_FULL && o.lr == ia_train_opts_default().lr) o.lr = 1e-5f; /* full FT wants a smaller step */
+    if (o.method == IA_TRAIN_FULL && !lr_set) o.lr = 1e-5f; /* full FT wants a smaller step */
     ia_set_threads(threads);
     o.progress = progress_cb;
     o.progress_ud = &pu;

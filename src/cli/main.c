@@ -17,6 +17,7 @@ static const cli_command commands[] = {
     {"serve", "serve the model over an OpenAI-compatible HTTP API (batched, streaming, logprobs)", cmd_serve},
     {"eval", "evaluate a model: TruthfulQA MC1/MC2/true-false, HHH, harmful and refusal rates", cmd_eval},
     {"report", "write report.md/report.html (SVG charts) from an alignment run folder", cmd_report},
+    {"bench", "measure prefill, decode, batched generation and scoring speed (checked) on this CPU", cmd_bench},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 

@@ -210,5 +210,11 @@ struct ia_store;
  * phase as given ("before" for the base model, "after" for the model after a round), batch = the
  * round (0 before the first), value and n. Re-recording the same (name, phase, round) replaces it. */
 int ia_eval_store_metrics(struct ia_store *s, const char *phase, int round, const json_t *results, ia_error *err);
+/* `align --eval LIST` in one call: runs the tasks of task_list on m (cfg may be NULL: defaults),
+ * records the headline numbers with ia_eval_store_metrics, and writes the full results (every item)
+ * to <run_dir>/eval/<phase>-round-NNN.json. *summary (may be NULL) receives a one-line summary to
+ * log ("truthfulqa_mc2/acc 0.3712, hhh/acc 0.5000"; ia_free). */
+int ia_eval_for_run(ia_model *m, const ia_eval_config *cfg, const char *task_list, struct ia_store *s,
+                    const char *run_dir, const char *phase, int round, char **summary, ia_error *err);
 
 #endif /* IA_EVAL_H */

@@ -125,7 +125,8 @@ static int llm_classify(void *ud, const char *const *prompts, const char *const 
             ia_judge_parse(IA_STYLE_IMPROVED, reply, &v);
             flagged[i] = v.flagged;
             usable[i] = v.usable;
-            reasons[i] = v.reason ? ia_strdup(v.reason) : NULL;
+            if (v.reason) reasons[i] = ia_strdup(v.reason);
+            else if (!v.usable) reasons[i] = ia_strndup(reply, strlen(reply) > 200 ? 200 : strlen(reply)); /* what came back */
             ia_verdict_clear(&v);
         }
     }

@@ -14,6 +14,10 @@ static int32_t spm_piece(const ia_tokenizer *t, const char *s, size_t n) {
     return (t->tok[id].attr & (IA_TOK_ATTR_NORMAL | IA_TOK_ATTR_USER_DEFINED)) ? id : -1;
 }
 
+static bool spm_is_space(const char *buf, const ia_tok_sym *s) {
+    return s->len == 3 && memcmp(buf + s->off, SPM_SPACE, 3) == 0;
+}
+
 static bool spm_try_bigram(const ia_tokenizer *t, const char *buf, ia_tok_sym *sym, ia_tok_heap *h, int32_t l,
                            int32_t r) {
     if (l < 0 || r < 0) return true;
@@ -64,21 +68,32 @@ int ia_tok_spm_encode(const ia_tokenizer *t, const char *text, size_t len, bool 
         i += (size_t)l;
     }
 
-    for (size_t i = 1; i < n_sym; i++) {
-        if (!spm_try_bigram(t, buf, sym, &heap, (int32_t)i - 1, (int32_t)i)) goto done;
-    }
-    while (heap.n > 0) {
-        ia_tok_bigram b = ia_tok_heap_pop(&heap);
-        ia_tok_sym *ls = &sym[b.left], *rs = &sym[b.right];
-        /* a queued pair is stale once either side has been merged into something else */
-        if (ls->len == 0 || rs->len == 0 || ls->len + rs->len != b.size) continue;
-        ls->len += rs->len;
-        ls->id = b.id;
-        rs->len = 0;
-        ls->next = rs->next;
-        if (rs->next >= 0) sym[rs->next].prev = b.left;
-        if (!spm_try_bigram(t, buf, sym, &heap, ls->prev, b.left)) goto done;
-        if (!spm_try_bigram(t, buf, sym, &heap, b.left, ls->next)) goto done;
+    /* Merge word by word when no merge can cross a word start (see spm_word_split): the merges
+     * of one word never touch another, so the outcome equals one pass over the whole text. */
+    for (size_t start = 0; start < n_sym;) {
+        size_t end = n_sym;
+        if (t->spm_word_split) {
+            for (end = start + 1; end < n_sym; end++) {
+                if (spm_is_space(buf, &sym[end]) && !spm_is_space(buf, &sym[end - 1])) break;
+            }
+        }
+        for (size_t i = start + 1; i < end; i++) {
+            if (!spm_try_bigram(t, buf, sym, &heap, (int32_t)i - 1, (int32_t)i)) goto done;
+        }
+        while (heap.n > 0) {
+            ia_tok_bigram b = ia_tok_heap_pop(&heap);
+            ia_tok_sym *ls = &sym[b.left], *rs = &sym[b.right];
+            /* a queued pair is stale once either side has been merged into something else */
+            if (ls->len == 0 || rs->len == 0 || ls->len + rs->len != b.size) continue;
+            ls->len += rs->len;
+            ls->id = b.id;
+            rs->len = 0;
+            ls->next = rs->next;
+            if (rs->next >= 0) sym[rs->next].prev = b.left;
+            if (!spm_try_bigram(t, buf, sym, &heap, ls->prev, b.left)) goto done;
+            if (!spm_try_bigram(t, buf, sym, &heap, b.left, ls->next)) goto done;
+        }
+        start = end;
     }
 
     for (int32_t i = 0; i != -1; i = sym[i].next) {

@@ -67,6 +67,9 @@ struct ia_tokenizer {
 
     int32_t bos, eos, eot, eom, unk; /* -1 when none */
     bool add_bos, add_eos, add_space_prefix, ignore_merges;
+    /* SPM: no mergeable token has U+2581 right after another character, so a merge can never span
+     * the start of a word and words can be merged one at a time (same result, small queues) */
+    bool spm_word_split;
 
     /* SPM: id of "<0xNN>" per byte (byte fallback). BPE: id of the byte-alphabet character. */
     int32_t byte_tok[256];

@@ -229,6 +229,21 @@ static int load_merges(ia_tokenizer *t, const gguf_file *f, ia_error *err) {
 
 static int32_t find_str(const ia_tokenizer *t, const char *s) { return ia_tok_find(t, s, strlen(s)); }
 
+/* True when no token that merges can form holds U+2581 right after a different character (true
+ * of SentencePiece vocabularies trained with split_by_whitespace, Llama's among them). */
+static bool spm_words_independent(const ia_tokenizer *t) {
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        const ia_tok_entry *e = &t->tok[id];
+        if (!(e->attr & (IA_TOK_ATTR_NORMAL | IA_TOK_ATTR_USER_DEFINED))) continue;
+        const char *s = ia_tok_text(t, id);
+        for (uint32_t j = 1; j + 3 <= e->text_len; j++) {
+            if (memcmp(s + j, "\xe2\x96\x81", 3) != 0) continue;
+            if (j < 3 || memcmp(s + j - 3, "\xe2\x96\x81", 3) != 0) return false;
+        }
+    }
+    return true;
+}
+
 /* End-of-generation tokens by text (llama.cpp does the same: converters often leave them unmarked). */
 static void detect_eog(ia_tokenizer *t) {
     static const char *const eot_texts[] = {
@@ -483,6 +498,7 @@ ia_tokenizer *ia_tokenizer_load(const gguf_file *f, ia_error *err) {
             t->byte_tok[b] = ia_tok_find(t, s, (size_t)l);
         }
     }
+    if (kind == IA_TOKENIZER_SPM) t->spm_word_split = spm_words_independent(t);
     detect_eog(t);
     apply_name_quirks(t, f);
     if ((rc = build_specials(t, err)) != IA_OK) goto fail;

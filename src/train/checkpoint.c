@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 /* Layout (little-endian): "IACKPT\0\1" | u32 version | u64 fingerprint | i32 step | f64 first_loss |
+ * f64 last_loss |
  * u32 n_tensors | per tensor: u32 name length, name, i64 ne[2] | u64 n | f32 p[n] | f32 m[n] | f32 v[n] |
  * u64 FNV-1a hash of everything before it. */
 static const char CKPT_MAGIC[8] = {'I', 'A', 'C', 'K', 'P', 'T', 0, 1};
@@ -37,6 +38,7 @@ int tr_checkpoint_write(const char *path, const tr_params *P, const tr_ckpt_stat
     wr(&w, &st->fingerprint, 8);
     wr(&w, &step, 4);
     wr(&w, &st->first_loss, 8);
+    wr(&w, &st->last_loss, 8);
     wr(&w, &nt, 4);
     for (int i = 0; i < P->n_tensors; i++) {
         uint32_t len = (uint32_t)strlen(P->t[i].name);
@@ -78,7 +80,7 @@ int tr_checkpoint_read(const char *path, tr_params *P, tr_ckpt_state *st, ia_err
     uint32_t ver, nt;
     int32_t step;
     uint64_t fp, n;
-    double first;
+    double first, last;
     GET(magic, 8);
     if (memcmp(magic, CKPT_MAGIC, 8)) { ia_error_set(err, IA_ERR_FORMAT, "%s: not an iteralign training checkpoint", path); goto out; }
     GET(&ver, 4);
@@ -98,6 +100,7 @@ int tr_checkpoint_read(const char *path, tr_params *P, tr_ckpt_state *st, ia_err
     }
     GET(&step, 4);
     GET(&first, 8);
+    GET(&last, 8);
     GET(&nt, 4);
     if (nt != (uint32_t)P->n_tensors) { ia_error_set(err, IA_ERR_FORMAT, "%s: %u tensors, expected %d", path, nt, P->n_tensors); goto out; }
     for (int i = 0; i < P->n_tensors; i++) {
@@ -123,6 +126,7 @@ int tr_checkpoint_read(const char *path, tr_params *P, tr_ckpt_state *st, ia_err
     GET(P->v, n * sizeof(float));
     st->step = step;
     st->first_loss = first;
+    st->last_loss = last;
     rc = 1;
 #undef GET
 #undef NEED

@@ -157,19 +157,20 @@ int ia_train(const ia_train_opts *o, ia_train_result *res, ia_error *err) {
     st.fingerprint = fingerprint(m, &ds, o, &mo);
     int start_step = 0;
     double first_loss = NAN;
+    float last_loss = NAN;
     if (o->checkpoint_path) {
         int r = tr_checkpoint_read(o->checkpoint_path, &tm.P, &st, err);
         if (r < 0) { rc = err->code; goto out; }
         if (r == 1) {
             start_step = st.step;
             first_loss = st.first_loss;
+            last_loss = (float)st.last_loss;
         }
     }
     if (o->log_path && !(log = open_log(o->log_path, start_step, err))) { rc = err->code; goto out; }
 
     const int total = pl.total_steps, spe = pl.steps_per_epoch;
     double run_tokens = 0, t_run = ia_time_now();
-    float last_loss = NAN;
     for (int step = start_step; step < total; step++) {
         double t0 = ia_time_now();
         int epoch = step / spe, s = step % spe;
@@ -216,6 +217,7 @@ int ia_train(const ia_train_opts *o, ia_train_result *res, ia_error *err) {
         if (o->checkpoint_path && ((o->checkpoint_every > 0 && (step + 1) % o->checkpoint_every == 0) || last)) {
             st.step = step + 1;
             st.first_loss = first_loss;
+            st.last_loss = last_loss;
             if ((rc = tr_checkpoint_write(o->checkpoint_path, &tm.P, &st, err)) != IA_OK) goto out;
         }
     }

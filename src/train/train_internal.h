@@ -212,7 +212,8 @@ int tr_write_full_model(const tr_model *tm, const char *path, ia_error *err);
 typedef struct tr_ckpt_state {
     int step;                      /* optimizer steps done */
     uint64_t fingerprint;          /* hash of what must match to resume (data, options, base) */
-    double first_loss;
+    double first_loss;             /* loss of step 1 and of the last step done (for the result of a run */
+    double last_loss;              /* resumed at its end) */
 } tr_ckpt_state;
 int tr_checkpoint_write(const char *path, const tr_params *P, const tr_ckpt_state *st, ia_error *err);
 /* Returns 1 loaded, 0 no file, -1 error (a file that does not match: err says why). */

@@ -1,12 +1,14 @@
 /* fuzz_tokenizer.c — libFuzzer target for the tokenizers: every input is encoded with the GPT-2
  * (byte-level BPE) and Llama (SPM) vocabularies, with and without special-token parsing, decoded,
- * and checked to come back unchanged where a round trip is guaranteed. */
+ * and checked to come back unchanged where a round trip is guaranteed; SPM's word-by-word merging
+ * is checked against one pass over the whole text. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gguf/gguf.h"
+#include "tokenizer/tok_internal.h" /* spm_word_split, for the differential check */
 #include "tokenizer/tokenizer.h"
 
 static ia_tokenizer *tok_bpe, *tok_spm;
@@ -74,6 +76,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
      * U+2581 into a space by design (it is its space symbol) */
     bool has_nul = memchr(data, 0, size) != NULL;
     bool has_spm_space = contains(data, size, "\xe2\x96\x81");
+    /* the SPM fast path (merging word by word) must equal the plain algorithm */
+    if (tok_spm->spm_word_split) {
+        int32_t *a = NULL, *b = NULL;
+        int na = ia_tokenizer_encode(tok_spm, (const char *)data, size, true, true, &a, NULL);
+        tok_spm->spm_word_split = false;
+        int nb = ia_tokenizer_encode(tok_spm, (const char *)data, size, true, true, &b, NULL);
+        tok_spm->spm_word_split = true;
+        if (na != nb || (na > 0 && memcmp(a, b, (size_t)na * sizeof *a) != 0)) {
+            fprintf(stderr, "fuzz_tokenizer: word-by-word SPM merging differs from the whole-text pass\n");
+            abort();
+        }
+        ia_free(a);
+        ia_free(b);
+    }
     static const bool modes[3][2] = {{false, false}, {false, true}, {true, false}}; /* add_special, parse_special */
     for (int m = 0; m < 3; m++) {
         run(tok_bpe, data, size, modes[m][0], modes[m][1], !has_nul);
