@@ -13,6 +13,8 @@ PKGS=(
   python3 python3-numpy     # float64 reference forward pass used by the tests
   python3-jinja2            # renders real chat templates as the tests' oracle
   python3-torch             # independent float64 gradient reference for the trainer tests
+  chromium                  # headless screenshot of report.html in the tests
+  nodejs npm                # the official openai npm package talks to iteralign serve in the tests
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

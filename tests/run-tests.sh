@@ -7,7 +7,7 @@ BUILD=${BUILD:-build}
 export BIN=${BIN:-./iteralign}
 export CMOCKA_MESSAGE_OUTPUT=tap
 export IA_TEST_FUZZ_SECONDS=${IA_TEST_FUZZ_SECONDS:-20}
-pass=0; fail=0; failed_suites=()
+pass=0; fail=0; skip=0; failed_suites=()
 mkdir -p tests/tmp
 run_suite() { # name, command...
   local name=$1; shift
@@ -16,10 +16,12 @@ run_suite() { # name, command...
   out=$("$@" 2>&1); rc=$?
   echo "$out"
   local p f
-  p=$(printf '%s\n' "$out" | grep -cE '^ok [0-9]+' || true)
-  f=$(printf '%s\n' "$out" | grep -cE '^not ok [0-9]+' || true)
+  # TAP: "ok N # SKIP" and cmocka's "not ok N # SKIP" are skips, not passes or failures
+  k=$(printf '%s\n' "$out" | grep -E '^(not )?ok [0-9]+' | grep -ciE '# *SKIP' || true)
+  p=$(printf '%s\n' "$out" | grep -E '^ok [0-9]+' | grep -cviE '# *SKIP' || true)
+  f=$(printf '%s\n' "$out" | grep -E '^not ok [0-9]+' | grep -cviE '# *SKIP' || true)
   if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi   # crashed or failed without a TAP line
-  pass=$((pass + p)); fail=$((fail + f))
+  pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + k))
   [ "$f" -gt 0 ] && failed_suites+=("$name")
   return 0
 }
@@ -34,5 +36,5 @@ done
 echo
 if [ ${#failed_suites[@]} -gt 0 ]; then echo "failed suites: ${failed_suites[*]}"; fi
 rm -rf tests/tmp/t[0-9]*   # per-binary temp folders (tests/test_util.h)
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

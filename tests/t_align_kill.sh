@@ -60,26 +60,25 @@ os.rename(port_path + ".tmp", port_path)
 s.serve_forever()
 PYEOF
 
-# Every row of every table, times and latencies left out, sorted.
+# Every row of every table, times and latencies left out, sorted; the two runs' teachers listen on
+# different ports, so the port is masked.
 cat > "$T/dump.py" <<'PYEOF'
-import sqlite3, sys
+import sqlite3, sys, re
 skip = {"progress": {"done_at"}, "teacher_calls": {"latency_s", "attempts", "resends", "sent_at", "finished_at"},
         "checkpoints": {"seconds"}}
 db = sqlite3.connect(sys.argv[1])
 for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"):
     cols = [r[1] for r in db.execute(f"PRAGMA table_info({t})") if r[1] not in skip.get(t, set())]
-    rows = sorted(repr(r) for r in db.execute(f"SELECT {', '.join(cols)} FROM {t}"))
+    rows = sorted(re.sub(r"127\.0\.0\.1:[0-9]+", "127.0.0.1:PORT", repr(r)) for r in db.execute(f"SELECT {', '.join(cols)} FROM {t}"))
     print(f"== {t} ({len(rows)} rows)")
     for r in rows: print(r)
 PYEOF
 
-start_teacher() { # log port-file
-  "$PY" "$T/teacher.py" "$1" "$2" & pids+=($!)
-  for _ in $(seq 100); do [ -s "$2" ] && break; sleep 0.1; done
-  cat "$2"
-}
-PA=$(start_teacher "$T/a.log" "$T/a.port")
-PB=$(start_teacher "$T/b.log" "$T/b.port")
+# Teachers run in this shell (not in a command substitution, whose pipe they would hold open).
+"$PY" "$T/teacher.py" "$T/a.log" "$T/a.port" >/dev/null 2>&1 & pids+=($!)
+"$PY" "$T/teacher.py" "$T/b.log" "$T/b.port" >/dev/null 2>&1 & pids+=($!)
+for _ in $(seq 100); do [ -s "$T/a.port" ] && [ -s "$T/b.port" ] && break; sleep 0.1; done
+PA=$(cat "$T/a.port" 2>/dev/null); PB=$(cat "$T/b.port" 2>/dev/null)
 if [ -z "$PA" ] || [ -z "$PB" ]; then nok "fake teachers started"; exit 0; fi
 
 # A shortened demonstration: 4 batches of 20, 40 held-out prompts, rules + the LLM teacher.
@@ -134,13 +133,16 @@ done
 if [ $same -eq 1 ] && [ $nfiles -ge 2 ]; then ok "adapters of every round and the final model are byte-identical ($nfiles files)"
 else nok "adapters of every round and the final model are byte-identical"; fi
 
+# A request marked as sent when the kill came may or may not have left; the resumed run sends it
+# again and counts it as resent. The server must have seen every distinct request of the
+# uninterrupted run, and nothing twice beyond those.
 total=$(wc -l < "$T/b.log"); uniq_n=$(sort -u "$T/b.log" | wc -l); ref_total=$(wc -l < "$T/a.log")
 resent=$(sqlite3 "$T/run/run.db" "SELECT coalesce(sum(resends), 0) FROM teacher_calls" 2>/dev/null || echo 0)
 dups=$((total - uniq_n))
-if [ "$uniq_n" -eq "$ref_total" ] && [ "$dups" -eq "$resent" ] && [ "$dups" -le "$kills" ]; then
-  ok "no teacher request sent twice: $total requests for $ref_total distinct ($dups in flight at a kill, recorded as resent)"
+if [ "$uniq_n" -eq "$ref_total" ] && [ "$dups" -le "$resent" ]; then
+  ok "no teacher request sent twice: $total requests, $ref_total distinct as uninterrupted ($dups repeated, $resent in flight at a kill)"
 else
-  nok "no teacher request sent twice" "received $total, distinct $uniq_n, uninterrupted run $ref_total, resent per store $resent"
+  nok "no teacher request sent twice" "received $total, distinct $uniq_n, uninterrupted run $ref_total, in flight at a kill per store $resent"
 fi
 
 st=$($BIN status --run "$T/run" 2>&1)

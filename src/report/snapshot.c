@@ -222,6 +222,7 @@ json_t *ia_report_snapshot(const char *run_dir, ia_error *err) {
             return NULL;
         }
         if (!json_is_array(json_object_get(snap, "notes"))) json_object_set_new(snap, "notes", json_array());
+        if (!json_is_string(json_object_get(snap, "run_dir"))) json_object_set_new(snap, "run_dir", json_string(run_dir));
         return snap;
     }
     ia_store *s = ia_store_open(path, false, err);
