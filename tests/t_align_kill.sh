@@ -81,8 +81,10 @@ for _ in $(seq 100); do [ -s "$T/a.port" ] && [ -s "$T/b.port" ] && break; sleep
 PA=$(cat "$T/a.port" 2>/dev/null); PB=$(cat "$T/b.port" 2>/dev/null)
 if [ -z "$PA" ] || [ -z "$PB" ]; then nok "fake teachers started"; exit 0; fi
 
-# A shortened demonstration: 4 batches of 20, 40 held-out prompts, rules + the LLM teacher.
-args=(--demo --max-prompts 80 --max-heldout 40 --batch-size 20 --teacher-model fake-teacher)
+# A shortened demonstration: 4 batches of 20, 40 held-out prompts, rules + the LLM teacher. An API
+# key is sent (the fake teacher ignores it) and must appear nowhere in the run folder.
+export IA_TEST_TEACHER_KEY=sk-test-4f1c2b9e-never-stored
+args=(--demo --max-prompts 80 --max-heldout 40 --batch-size 20 --teacher-model fake-teacher --api-key-env IA_TEST_TEACHER_KEY)
 
 s0=$(date +%s)
 if $BIN align --run "$T/ref" "${args[@]}" --teacher "http://127.0.0.1:$PA/v1" >"$T/ref.out" 2>&1; then
@@ -92,10 +94,12 @@ else
 fi
 ref_s=$(( $(date +%s) - s0 )); [ "$ref_s" -lt 4 ] && ref_s=4
 
-# Kill at random moments: each attempt runs for a random share of the uninterrupted time.
+# Kill at random moments: each attempt runs for a random time up to 15% of the uninterrupted
+# run's, up to eight kills (the run then resumes to the end).
 kills=0; finished=0; stages=()
-for attempt in 1 2 3 4 5 6; do
-  delay=$(awk -v r=$RANDOM -v t="$ref_s" 'BEGIN { printf "%.2f", 0.3 + (r / 32767.0) * t * 0.6 }')
+for attempt in $(seq 16); do
+  [ $kills -ge 8 ] && break
+  delay=$(awk -v r=$RANDOM -v t="$ref_s" 'BEGIN { printf "%.2f", 0.3 + (r / 32767.0) * t * 0.15 }')
   $BIN align --run "$T/run" "${args[@]}" --teacher "http://127.0.0.1:$PB/v1" >>"$T/run.out" 2>&1 &
   p=$!
   sleep "$delay"
@@ -144,6 +148,9 @@ if [ "$uniq_n" -eq "$ref_total" ] && [ "$dups" -le "$resent" ]; then
 else
   nok "no teacher request sent twice" "received $total, distinct $uniq_n, uninterrupted run $ref_total, in flight at a kill per store $resent"
 fi
+
+if grep -rq "sk-test-4f1c2b9e" "$T/run" "$T/ref" "$T/run.out" "$T/ref.out"; then nok "the API key is stored or logged nowhere"
+else ok "the API key is stored or logged nowhere"; fi
 
 st=$($BIN status --run "$T/run" 2>&1)
 if grep -q "state: done" <<<"$st" && grep -q "in flight at a crash 0" <<<"$st"; then ok "status: done, nothing left in flight"

@@ -4,6 +4,8 @@
  * after and the final merge. Each stage reads only committed rows and commits all it produces in
  * one transaction, so kill -9 at any point resumes at the first stage not marked done. */
 #include "align/align_internal.h"
+#include "eval/eval.h"
+#include "eval/eval_judges.h"
 #include "model/model.h"
 #include "tensor/tensor.h"
 #include "train/train.h"
@@ -38,6 +40,7 @@ typedef struct run {
     int batch;
     double t_stage;
     int lock_fd;
+    bool recreate;              /* the folder holds a run whose creation never committed */
 } run;
 
 /* ---- small helpers ---- */
@@ -402,6 +405,32 @@ static int create_run(run *R, const ia_align_config *cfg, ia_error *err) {
         }
         ia_rules_free(r);
     }
+    if (c->eval && c->eval[0]) {
+        bool sel[IA_EVAL_TASK_COUNT];
+        if ((rc = ia_eval_tasks_parse(c->eval, sel, err)) != IA_OK) {
+            ia_error_prefix(err, "--eval");
+            ia_free(rules_json);
+            return rc;
+        }
+        if (sel[IA_EVAL_HARMFUL] && !rules_json) {
+            ia_free(rules_json);
+            return ia_error_set(err, IA_ERR_ARG, "--eval harmful_rate needs a judge for its answers: give --rules FILE");
+        }
+    }
+    /* the teachers too: a bad URL, a missing key variable, a local teacher that is not a model */
+    {
+        const char *specs[2][2] = {{c->judge_url ? c->judge_url : c->teacher, c->judge_model ? c->judge_model : c->teacher_model},
+                                   {c->proposer_url ? c->proposer_url : c->teacher, c->proposer_model ? c->proposer_model : c->teacher_model}};
+        for (int k = 0; k < 2; k++) {
+            if (!specs[k][0] || (k == 1 && specs[0][0] && !strcmp(specs[0][0], specs[1][0]))) continue;
+            ia_teacher *t = ia_teacher_open(specs[k][0], specs[k][1], c, NULL, err);
+            if (!t) {
+                ia_free(rules_json);
+                return err->code;
+            }
+            ia_teacher_free(t);
+        }
+    }
     R->model = ia_model_load(c->base, err);
     if (!R->model) {
         ia_error_prefix(err, "--base");
@@ -427,7 +456,7 @@ static int create_run(run *R, const ia_align_config *cfg, ia_error *err) {
         char *db = path_join(R->dir, "run.db");
         bool has_db = access(db, F_OK) == 0;
         ia_free(db);
-        if (!has_db && dir_entries(R->dir, ".lock") > 0) {
+        if (!has_db && !R->recreate && dir_entries(R->dir, ".lock") > 0) {
             /* only an empty folder may become a run folder: never mix a run into other files */
             ia_free(rules_json);
             return ia_error_set(err, IA_ERR_ARG, "%s exists, is not empty and holds no run (run.db); choose a new folder", R->dir);
@@ -457,7 +486,11 @@ static int create_run(run *R, const ia_align_config *cfg, ia_error *err) {
     if (rc == IA_OK) rc = ia_store_meta_set(R->st, "iteralign_version", IA_VERSION, err);
     if (rc == IA_OK) rc = ia_store_meta_set(R->st, "state", "running", err);
     if (rc == IA_OK && rules_json) {
-        rc = ia_store_meta_set(R->st, "rules_json", rules_json, err);
+        /* the run keeps its own copy: it resumes with the same rules wherever the file went */
+        char *copy = path_join(R->dir, "rules.json");
+        rc = ia_write_file_atomic(copy, rules_json, strlen(rules_json), err);
+        ia_free(copy);
+        if (rc == IA_OK) rc = ia_store_meta_set(R->st, "rules_json", rules_json, err);
         ia_rules *r = ia_rules_parse(rules_json, strlen(rules_json), c->rules, NULL);
         if (rc == IA_OK) rc = ia_store_meta_set(R->st, "rules_sha256", ia_rules_hash(r), err);
         ia_rules_free(r);
@@ -534,11 +567,13 @@ static int open_existing(run *R, const ia_align_config *user, const ia_strv *exp
     if (rc != IA_OK) return rc;
     remove_tmp_files(R->dir);
     char *db = path_join(R->dir, "run.db");
-    R->st = ia_store_open(db, false, err);
+    /* create: a store killed while its schema was being written is empty, and is made whole here
+       (then found without a configuration, and the run created again) */
+    R->st = ia_store_open(db, true, err);
     ia_free(db);
     if (!R->st) return err->code;
     char *cfgs = ia_store_meta_get(R->st, "config", err);
-    if (!cfgs) return ia_error_set(err, IA_ERR_FORMAT, "%s: the run store holds no configuration", R->dir);
+    if (!cfgs) return IA_ERR_FORMAT; /* killed while the run was being created: the caller starts it anew */
     json_t *cj = json_loads(cfgs, 0, NULL);
     ia_free(cfgs);
     ia_align_config_defaults(&R->cfg);
@@ -652,6 +687,7 @@ static int registry_texts(run *R, char ***out, int *n) {
 }
 
 static void free_strs(char **s, int n) {
+    if (!s) return;
     for (int i = 0; i < n; i++) ia_free(s[i]);
     ia_free(s);
 }
@@ -685,7 +721,9 @@ static int judge_items(run *R, const judge_item *items, int n, bool show_princip
         for (int i = 0; i < n && rc == IA_OK; i++) {
             memcpy(out[i].call_key, res[i].call_key, 65);
             out[i].has_llm = true;
-            if (res[i].status == IA_CALL_OK) {
+            /* a reply with content is read the same way whether it comes from the server now or from
+               the store (where a reply not understood is already marked unusable) */
+            if (res[i].content) {
                 ia_judge_parse(R->jstyle, res[i].content, &out[i].llm);
                 if (!out[i].llm.usable) {
                     ia_buf b = {0};
@@ -965,7 +1003,7 @@ static int stage_propose(run *R, int b, ia_error *err) {
             rc = ia_teacher_run(R->prop_t, "propose", &req, 1, &res, progress, R, err);
             if (rc == IA_OK) {
                 memcpy(prop_key, res.call_key, 65);
-                if (res.status == IA_CALL_OK) n_props = ia_propose_parse(R->pstyle, res.content, n_shown, &props);
+                if (res.content) n_props = ia_propose_parse(R->pstyle, res.content, n_shown, &props);
                 if (n_props == 0) {
                     prop_unusable = true;
                     ia_store_exec(R->st, NULL,
@@ -1028,22 +1066,30 @@ static int stage_propose(run *R, int b, ia_error *err) {
 
 static int stage_revise(run *R, int b, ia_error *err) {
     stage_begin(R, "revise", b);
-    /* flagged prompts with their constitutions, in order */
+    /* flagged prompts with their constitutions, in order (joined with '\x1f' here, split below) */
     int n = 0;
     int *pidx = NULL;
-    char **cons = NULL; /* constitutions joined with '\x1f' */
+    char **cons = NULL;
     ia_store_lock(R->st);
     sqlite3_stmt *q = ia_store_prepare(R->st, err,
-                                       "SELECT r.prompt_idx, group_concat(c.text, char(31)) FROM"
-                                       " (SELECT * FROM revise_with WHERE batch=? ORDER BY prompt_idx, ord) r"
-                                       " JOIN constitutions c ON c.id=r.constitution_id GROUP BY r.prompt_idx ORDER BY r.prompt_idx",
+                                       "SELECT r.prompt_idx, c.text FROM revise_with r JOIN constitutions c ON c.id=r.constitution_id"
+                                       " WHERE r.batch=? ORDER BY r.prompt_idx, r.ord",
                                        "i", b);
     while (q && sqlite3_step(q) == SQLITE_ROW) {
-        pidx = ia_realloc(pidx, sizeof(int) * (size_t)(n + 1));
-        cons = ia_realloc(cons, sizeof(char *) * (size_t)(n + 1));
-        pidx[n] = sqlite3_column_int(q, 0);
-        cons[n] = ia_store_col_text(q, 1);
-        n++;
+        int pi = sqlite3_column_int(q, 0);
+        const char *text = (const char *)sqlite3_column_text(q, 1);
+        if (n == 0 || pidx[n - 1] != pi) {
+            pidx = ia_realloc(pidx, sizeof(int) * (size_t)(n + 1));
+            cons = ia_realloc(cons, sizeof(char *) * (size_t)(n + 1));
+            pidx[n] = pi;
+            cons[n] = ia_strdup(text);
+            n++;
+        } else {
+            ia_buf b2 = {0};
+            ia_buf_printf(&b2, "%s\x1f%s", cons[n - 1], text);
+            ia_free(cons[n - 1]);
+            cons[n - 1] = ia_buf_take(&b2);
+        }
     }
     sqlite3_finalize(q);
     ia_store_unlock(R->st);
@@ -1222,7 +1268,6 @@ static int stage_train(run *R, int b, ia_error *err) {
             q = ia_store_prepare(R->st, err, "SELECT prompt_idx, text FROM revisions WHERE chosen=1 AND batch<=? ORDER BY batch, prompt_idx", "i", b);
         else
             q = ia_store_prepare(R->st, err, "SELECT prompt_idx, text FROM revisions WHERE chosen=1 AND batch=? ORDER BY prompt_idx", "i", b);
-        int rows = 0;
         while (q && sqlite3_step(q) == SQLITE_ROW) {
             int pi = sqlite3_column_int(q, 0);
             const char *completion = (const char *)sqlite3_column_text(q, 1);
@@ -1238,7 +1283,6 @@ static int stage_train(run *R, int b, ia_error *err) {
             ia_buf_printf(&data, "%s\n", line);
             free(line);
             json_decref(o);
-            rows++;
         }
         sqlite3_finalize(q);
         ia_store_unlock(R->st);
@@ -1276,7 +1320,9 @@ static int stage_train(run *R, int b, ia_error *err) {
         o.schedule = !strcmp(R->cfg.schedule, "constant") ? IA_LR_CONSTANT : !strcmp(R->cfg.schedule, "linear") ? IA_LR_LINEAR : IA_LR_COSINE;
         o.max_len = R->cfg.max_len;
         o.seed = mix_seed(R->cfg.seed, 4, b);
-        o.chat_template = R->pres.mode == IA_PRESENT_CHAT ? ia_chat_template_name(R->pres.tmpl) : NULL;
+        /* the data is in the form the model was prompted with: through its template in chat mode,
+           else the presented prompt and the completion as plain text (never the model's template) */
+        o.chat_template = R->pres.mode == IA_PRESENT_CHAT ? ia_chat_template_name(R->pres.tmpl) : "plain";
         o.log_path = lpath;
         o.progress = train_progress;
         o.progress_ud = R;
@@ -1295,7 +1341,6 @@ static int stage_train(run *R, int b, ia_error *err) {
         ia_free(dpath);
         ia_free(opath);
         ia_free(lpath);
-        (void)rows;
     }
     if (rc == IA_OK) rc = ia_store_begin(R->st, err);
     if (rc == IA_OK) {
@@ -1337,16 +1382,16 @@ static int stage_train(run *R, int b, ia_error *err) {
     return rc;
 }
 
-/* The held-out measurement: every held-out prompt answered eval_samples times with the red-team
+/* The held-out measurement: every held-out prompt answered measure_samples times with the red-team
  * decoding and the same seeds before and after, judged without the registry (the same judge both
  * times). */
 static int stage_eval(run *R, const char *phase, int round, ia_error *err) {
-    char stage[32];
-    snprintf(stage, sizeof stage, "eval_%s", phase);
+    /* a literal: R->stage outlives this call (error messages name it) */
+    const char *stage = !strcmp(phase, "before") ? "eval_before" : "eval_after";
     stage_begin(R, stage, -1);
     int rc = use_round(R, round, err);
     if (rc != IA_OK) return rc;
-    int S = R->cfg.eval_samples, total = R->n_held * S;
+    int S = R->cfg.measure_samples, total = R->n_held * S;
     char **prompts = ia_calloc((size_t)total, sizeof(char *));
     for (int i = 0; i < total; i++) prompts[i] = R->held_pres[i / S];
     ia_completion *out = ia_calloc((size_t)total, sizeof *out);
@@ -1367,7 +1412,7 @@ static int stage_eval(run *R, const char *phase, int round, ia_error *err) {
        violations bought by degenerate text shows up here as a rise. */
     double nll = 0;
     long nll_tokens = 0;
-    if (rc == IA_OK && R->cfg.eval_fluency) {
+    if (rc == IA_OK && R->cfg.measure_fluency) {
         ia_score_request *sq = ia_calloc((size_t)total, sizeof *sq);
         ia_score_result *sr = ia_calloc((size_t)total, sizeof *sr);
         int ns = 0;
@@ -1383,8 +1428,7 @@ static int stage_eval(run *R, const char *phase, int round, ia_error *err) {
         ia_free(sq);
         ia_free(sr);
     }
-    char subject[32];
-    snprintf(subject, sizeof subject, "eval_%s", phase);
+    const char *subject = stage;
     if (rc == IA_OK) rc = ia_store_begin(R->st, err);
     if (rc == IA_OK) {
         for (int i = 0; i < total && rc == IA_OK; i++) {
@@ -1418,6 +1462,41 @@ static int stage_eval(run *R, const char *phase, int round, ia_error *err) {
     for (int i = 0; i < total; i++) ia_completion_clear(&out[i]);
     ia_free(out);
     ia_free(prompts);
+    return rc;
+}
+
+static void task_progress(void *ud, const char *task, int done, int total) {
+    (void)task;
+    progress(ud, done, total);
+}
+
+/* The evaluation tasks of --eval (src/eval) on the base model and on the final one; their headline
+ * numbers go to the metrics table (name "<task>/<metric>", batch = the round), every item to
+ * DIR/eval/. harmful_rate is judged by the run's rules when it has some. */
+static int stage_tasks(run *R, const char *phase, int round, ia_error *err) {
+    const char *stage = !strcmp(phase, "before") ? "tasks_before" : "tasks_after";
+    stage_begin(R, stage, -1);
+    int rc = use_round(R, round, err);
+    if (rc != IA_OK) return rc;
+    ia_eval_config ec = ia_eval_config_default();
+    ia_eval_judge *harm = NULL;
+    char *rules_copy = path_join(R->dir, "rules.json");
+    if (R->rules && access(rules_copy, F_OK) == 0) {
+        harm = ia_eval_judge_rules_new(rules_copy, err);
+        if (!harm) rc = err->code;
+    }
+    ia_free(rules_copy);
+    ec.harm_judge = harm;
+    if (R->cfg.parallel > 0) ec.n_parallel = R->cfg.parallel;
+    ec.limit = R->cfg.eval_limit;
+    ec.progress = task_progress;
+    ec.progress_ud = R;
+    char *summary = NULL;
+    if (rc == IA_OK) rc = ia_eval_for_run(R->model, &ec, R->cfg.eval, R->st, R->dir, phase, round, &summary, err);
+    if (rc == IA_OK) rc = ia_store_stage_mark(R->st, -1, stage, summary, err);
+    if (rc == IA_OK) logf_(R, "evaluations %s alignment: %s", phase, summary ? summary : "");
+    ia_free(summary);
+    ia_eval_judge_free(harm);
     return rc;
 }
 
@@ -1505,7 +1584,7 @@ static void run_free(run *R) {
     free_strs(R->held_pres, R->n_held);
     ia_store_close(R->st);
     ia_align_config_free(&R->cfg);
-    if (R->lock_fd > 0) close(R->lock_fd);
+    if (R->lock_fd >= 0) close(R->lock_fd);
     ia_free(R->dir);
 }
 
@@ -1517,6 +1596,9 @@ int ia_align_run(const char *dir, const ia_align_config *cfg, const ia_strv *exp
     R.cb = cb;
     R.lock_fd = -1;
     R.batch = -1;
+    ia_error local = {0};
+    if (!err) err = &local;
+    ia_error_clear(err);
     char *db = path_join(dir, "run.db");
     bool exists = access(db, F_OK) == 0;
     ia_free(db);
@@ -1524,7 +1606,25 @@ int ia_align_run(const char *dir, const ia_align_config *cfg, const ia_strv *exp
     if (exists) {
         rc = open_existing(&R, cfg, explicit_set, err);
         if (rc == IA_OK) logf_(&R, "resuming %s", dir);
-    } else {
+        if (rc == IA_ERR_FORMAT && R.st && !err->msg[0]) {
+            /* a store without a configuration: the process that created it died before its first
+               transaction committed, so nothing of the run exists yet; create it again */
+            ia_store_close(R.st);
+            R.st = NULL;
+            const char *sfx[] = {"", "-wal", "-shm"};
+            for (int i = 0; i < 3; i++) {
+                ia_buf b = {0};
+                ia_buf_printf(&b, "%s/run.db%s", dir, sfx[i]);
+                unlink(b.data);
+                ia_buf_free(&b);
+            }
+            close(R.lock_fd);
+            R.lock_fd = -1;
+            R.recreate = true;
+            exists = false;
+        }
+    }
+    if (!exists) {
         rc = create_run(&R, cfg, err);
         if (rc == IA_OK) logf_(&R, "new run in %s", dir);
     }
@@ -1544,11 +1644,13 @@ int ia_align_run(const char *dir, const ia_align_config *cfg, const ia_strv *exp
         R.n_batches = (R.n_train + R.cfg.batch_size - 1) / R.cfg.batch_size;
         if (R.cfg.max_batches > 0 && R.n_batches > R.cfg.max_batches) R.n_batches = R.cfg.max_batches;
         logf_(&R, "%d red-team prompts in %d batch%s of %d, %d held-out prompts; judge: %s%s%s", R.n_train, R.n_batches,
-              R.n_batches == 1 ? "" : "es", R.cfg.batch_size, R.n_held, R.use_rules ? "rules" : "", R.use_rules && R.use_llm ? " + " : "",
+              R.n_batches == 1 ? "" : "es", R.cfg.batch_size < R.n_train ? R.cfg.batch_size : R.n_train, R.n_held, R.use_rules ? "rules" : "", R.use_rules && R.use_llm ? " + " : "",
               R.use_llm ? ia_teacher_describe(R.judge_t) : "");
     }
-    bool do_eval = R.cfg.eval && R.n_held > 0;
+    bool do_eval = R.cfg.measure && R.n_held > 0;
     if (rc == IA_OK && do_eval && !ia_store_stage_done(R.st, -1, "eval_before")) rc = stage_eval(&R, "before", 0, err);
+    bool do_tasks = R.cfg.eval && R.cfg.eval[0];
+    if (rc == IA_OK && do_tasks && !ia_store_stage_done(R.st, -1, "tasks_before")) rc = stage_tasks(&R, "before", 0, err);
     int b = 0;
     for (; rc == IA_OK && b < R.n_batches; b++) {
         if (window_clean(&R, b)) {
@@ -1562,6 +1664,11 @@ int ia_align_run(const char *dir, const ia_align_config *cfg, const ia_strv *exp
         int64_t rounds = 0;
         ia_store_get_i64(R.st, NULL, &rounds, NULL, "SELECT count(*) FROM checkpoints", "");
         rc = stage_eval(&R, "after", (int)rounds, err);
+    }
+    if (rc == IA_OK && do_tasks && !ia_store_stage_done(R.st, -1, "tasks_after")) {
+        int64_t rounds = 0;
+        ia_store_get_i64(R.st, NULL, &rounds, NULL, "SELECT count(*) FROM checkpoints", "");
+        rc = stage_tasks(&R, "after", (int)rounds, err);
     }
     if (rc == IA_OK && !ia_store_stage_done(R.st, -1, "finalize")) rc = stage_finalize(&R, err);
     if (rc != IA_OK && R.stage && err && err->msg[0]) {

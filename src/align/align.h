@@ -87,9 +87,12 @@ typedef struct ia_align_config {
     float lr, weight_decay, warmup;
     char *schedule;         /* constant | linear | cosine */
     /* measurement */
-    bool eval;              /* measure the held-out violation rate before and after */
-    int eval_samples;       /* samples per held-out prompt */
-    bool eval_fluency;      /* the base model's NLL per token of the answers, before and after */
+    bool measure;           /* measure the held-out violation rate before and after */
+    int measure_samples;    /* samples per held-out prompt */
+    bool measure_fluency;   /* the base model's NLL per token of the answers, before and after */
+    char *eval;             /* evaluation tasks run before and after (src/eval: truthfulqa_mc1, hhh,
+                               refusal_rate, ...; NULL: none) */
+    int eval_limit;         /* the first N items of each task (0: all) */
     /* resources (may change between resumes) */
     int threads, parallel;
 } ia_align_config;

@@ -74,9 +74,12 @@ static const ia_cfg_field FIELDS[] = {
     F(weight_decay, FLOAT, true, "AdamW weight decay"),
     F(warmup, FLOAT, true, "warm-up share of the steps"),
     F(schedule, STR, true, "learning-rate schedule: constant, linear, cosine"),
-    F(eval, BOOL, true, "measure the held-out violation rate before and after"),
-    F(eval_samples, INT, true, "samples per held-out prompt in the measurement"),
-    F(eval_fluency, BOOL, true, "also measure the base model's log-likelihood of the answers (degeneration check)"),
+    F(measure, BOOL, true, "measure the judged violation rate on the held-out prompts before and after"),
+    F(measure_samples, INT, true, "samples per held-out prompt in that measurement"),
+    F(measure_fluency, BOOL, true, "also measure the base model's log-likelihood of those answers (degeneration check)"),
+    F(eval, STR, true, "evaluations run before and after: comma list of truthfulqa_mc1, truthfulqa_mc2, truthfulqa_tf, "
+                       "hhh, hhh_mc, harmful_rate, refusal_rate (see iteralign eval)"),
+    F(eval_limit, INT, true, "evaluate the first N items of each task (0: all)"),
     F(threads, INT, false, "threads (0: all cores)"),
     F(parallel, INT, false, "sequences decoded together"),
 };
@@ -136,7 +139,8 @@ void ia_align_config_defaults(ia_align_config *c) {
     c->frequency_penalty = 0.5f;
     c->repeat_penalty = 1.0f;
     c->max_tokens = 256;
-    ia_strv_push(&c->stop, "\n\n");
+    /* no stop string: chat models end their turn themselves (the paper preset stops at "\n\n",
+       which suits base models prompted in the Human:/Assistant: form) */
     set_str(&c->judge, "auto");
     set_str(&c->combine, "any");
     set_str(&c->judge_style, "json");
@@ -167,9 +171,9 @@ void ia_align_config_defaults(ia_align_config *c) {
     c->weight_decay = 0;
     c->warmup = 0.03f;
     set_str(&c->schedule, "cosine");
-    c->eval = true;
-    c->eval_samples = 1;
-    c->eval_fluency = true;
+    c->measure = true;
+    c->measure_samples = 1;
+    c->measure_fluency = true;
 }
 
 /* Sets a field to a preset value unless the user set it. */
@@ -312,7 +316,20 @@ static json_t *field_json(const ia_align_config *c, const ia_cfg_field *f) {
     return json_null();
 }
 
+/* The shortest decimal text that reads back as the same float ("0.7", not "0.699999988"). */
+static void float_text(float v, char *out, size_t cap) {
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(out, cap, "%.*g", prec, (double)v);
+        if (strtof(out, NULL) == v) return;
+    }
+}
+
 char *ia_align_config_get(const ia_align_config *c, const ia_cfg_field *f) {
+    if (f->type == IA_CFG_FLOAT) {
+        char buf[32];
+        float_text(*(const float *)((const char *)c + f->offset), buf, sizeof buf);
+        return ia_strdup(buf);
+    }
     json_t *v = field_json(c, f);
     char *s;
     if (json_is_string(v)) s = ia_strdup(json_string_value(v));
@@ -406,12 +423,13 @@ int ia_align_config_validate(const ia_align_config *c, ia_error *err) {
     if (c->top_p <= 0 || c->top_p > 1) return ia_error_set(err, IA_ERR_ARG, "--top-p must be in (0, 1]");
     if (c->heldout_frac < 0 || c->heldout_frac >= 1) return ia_error_set(err, IA_ERR_ARG, "--heldout-frac must be in [0, 1)");
     if (c->revise_samples < 1 || c->revise_samples > 64) return ia_error_set(err, IA_ERR_ARG, "--revise-samples must be in [1, 64]");
-    if (c->eval_samples < 1 || c->eval_samples > 64) return ia_error_set(err, IA_ERR_ARG, "--eval-samples must be in [1, 64]");
+    if (c->measure_samples < 1 || c->measure_samples > 64) return ia_error_set(err, IA_ERR_ARG, "--measure-samples must be in [1, 64]");
     if (c->merge_threshold < 0 || c->merge_threshold > 1) return ia_error_set(err, IA_ERR_ARG, "--merge-threshold must be in [0, 1]");
     if (c->max_prompts < 0 || c->max_heldout < 0 || c->max_batches < 0 || c->stop_window < 0)
         return ia_error_set(err, IA_ERR_ARG, "--max-prompts, --max-heldout, --max-batches and --stop-window must be >= 0");
     if (c->lora_rank < 1 || c->epochs < 1 || c->train_batch < 1 || c->grad_accum < 1 || c->max_len < 8)
         return ia_error_set(err, IA_ERR_ARG, "--lora-rank, --epochs, --train-batch, --grad-accum must be >= 1 and --max-len >= 8");
+    if (c->eval_limit < 0) return ia_error_set(err, IA_ERR_ARG, "--eval-limit must be >= 0");
     if (c->lr <= 0) return ia_error_set(err, IA_ERR_ARG, "--lr must be > 0");
     if (c->teacher_concurrency < 1) return ia_error_set(err, IA_ERR_ARG, "--teacher-concurrency must be >= 1");
     bool rules, llm;

@@ -238,6 +238,8 @@ static char *next_stage(ia_store *s, const ia_align_config *c, int n_batches, bo
     }
     ia_free(state);
     if (eval && !ia_store_stage_done(s, -1, "eval_before")) return ia_strdup("eval_before (held-out measurement before alignment)");
+    bool tasks = c->eval && c->eval[0];
+    if (tasks && !ia_store_stage_done(s, -1, "tasks_before")) return ia_strdup("tasks_before (evaluations before alignment)");
     static const char *stages[] = {"redteam", "judge", "propose", "revise", "rejudge", "train", NULL};
     for (int bt = 0; bt < n_batches; bt++) {
         int64_t skipped = 0;
@@ -250,8 +252,8 @@ static char *next_stage(ia_store *s, const ia_align_config *c, int n_batches, bo
             }
         }
     }
-    (void)c;
     if (eval && !ia_store_stage_done(s, -1, "eval_after")) return ia_strdup("eval_after (held-out measurement after alignment)");
+    if (tasks && !ia_store_stage_done(s, -1, "tasks_after")) return ia_strdup("tasks_after (evaluations after alignment)");
     return ia_strdup("finalize");
 }
 
@@ -271,7 +273,7 @@ json_t *ia_align_status(const char *dir, ia_error *err) {
     if (c.max_batches > 0 && n_batches > c.max_batches) n_batches = c.max_batches;
     char *state = ia_store_meta_get(s, "state", NULL);
     char *stopped = ia_store_meta_get(s, "stopped", NULL);
-    char *stage = next_stage(s, &c, n_batches, c.eval && n_held > 0);
+    char *stage = next_stage(s, &c, n_batches, c.measure && n_held > 0);
     json_t *st = json_object();
     json_object_set_new(st, "run", json_string(dir));
     json_object_set_new(st, "state", json_string(state ? state : "unknown"));
@@ -324,7 +326,7 @@ json_t *ia_align_status(const char *dir, ia_error *err) {
         ia_store_unlock(s);
     }
     json_object_set_new(vr, "heldout_prompts", json_integer(n_held));
-    json_object_set_new(vr, "samples_per_prompt", json_integer(c.eval_samples));
+    json_object_set_new(vr, "samples_per_prompt", json_integer(c.measure_samples));
     json_object_set_new(rates, "heldout_violation_rate", vr);
     json_t *per = json_array();
     ia_store_lock(s);
@@ -350,6 +352,35 @@ json_t *ia_align_status(const char *dir, ia_error *err) {
     json_object_set_new(rates, "teacher_unusable_rate",
                         q_value(s, "SELECT CASE WHEN count(*) > 0 THEN avg(status IN ('unusable', 'failed')) END FROM teacher_calls"
                                    " WHERE role!='cache' AND status!='sent'"));
+    /* --eval tasks: "<task>/<metric>" before (round 0) and after (the last round) */
+    json_t *tasks = json_object();
+    ia_store_lock(s);
+    q = ia_store_prepare(s, NULL,
+                         "SELECT name, phase, value, n FROM metrics WHERE name LIKE '%/%' AND phase IN ('before', 'after')"
+                         " ORDER BY name, phase, batch",
+                         "");
+    while (q && sqlite3_step(q) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(q, 0);
+        json_t *e = json_object_get(tasks, name);
+        if (!e) {
+            e = json_object();
+            json_object_set_new(tasks, name, e);
+        }
+        json_object_set_new(e, (const char *)sqlite3_column_text(q, 1), json_real(sqlite3_column_double(q, 2)));
+        json_object_set_new(e, "n", json_integer(sqlite3_column_int(q, 3)));
+    }
+    sqlite3_finalize(q);
+    ia_store_unlock(s);
+    json_object_set_new(rates, "eval_tasks", tasks);
+    json_t *fl = json_object();
+    for (int ph = 0; ph < 2; ph++) {
+        ia_store_lock(s);
+        q = ia_store_prepare(s, NULL, "SELECT value FROM metrics WHERE name='base_nll_per_token' AND phase=?", "s", ph ? "after" : "before");
+        json_object_set_new(fl, ph ? "after" : "before", q && sqlite3_step(q) == SQLITE_ROW ? json_real(sqlite3_column_double(q, 0)) : json_null());
+        sqlite3_finalize(q);
+        ia_store_unlock(s);
+    }
+    json_object_set_new(rates, "heldout_base_nll_per_token", fl);
     json_object_set_new(st, "rates", rates);
     json_t *cps = json_array();
     ia_store_lock(s);

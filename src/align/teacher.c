@@ -200,7 +200,10 @@ static void http_one(http_job *J, int i) {
     pthread_mutex_lock(&J->mu);
     if (fatal && !J->fatal) {
         J->fatal = true;
-        if (resp.http_status)
+        if (resp.http_status == 401 || resp.http_status == 403)
+            ia_error_set(&J->fatal_err, rc ? rc : IA_ERR_NET, "teacher %s: HTTP %ld (is the API key in $%s?): %s", t->describe,
+                         resp.http_status, t->cfg->api_key_env ? t->cfg->api_key_env : "OPENAI_API_KEY", e.msg);
+        else if (resp.http_status)
             ia_error_set(&J->fatal_err, rc ? rc : IA_ERR_NET, "teacher %s: HTTP %ld: %s", t->describe, resp.http_status, e.msg);
         else ia_error_set(&J->fatal_err, rc ? rc : IA_ERR_NET, "teacher %s unreachable: %s", t->describe, e.msg);
     }

@@ -61,6 +61,7 @@ typedef struct ui {
     bool tty;
     double t0;
     int line_len;
+    double last_draw;
 } ui;
 
 static void fmt_dur(char *out, size_t cap, double s) {
@@ -88,6 +89,9 @@ static void on_log(void *ud, const char *line) {
 static void on_progress(void *ud, const ia_align_progress *p) {
     ui *u = ud;
     if (!u->tty || p->total <= 0) return;
+    double now = ia_time_now();
+    if (now - u->last_draw < 0.1 && p->done < p->total) return; /* at most ten redraws a second */
+    u->last_draw = now;
     double rate = p->stage_elapsed_s > 0 ? p->done / p->stage_elapsed_s : 0;
     char left[16] = "?", el[16];
     if (rate > 0) fmt_dur(left, sizeof left, (p->total - p->done) / rate);
@@ -144,10 +148,11 @@ static const char *const DEMO[][2] = {
     {"top_p", "1"},
     {"frequency_penalty", "0"},
     {"max_tokens", "96"},
+    {"stop", "\\n\\n"},
     {"seed", "1"},
     {"revise_samples", "6"},
     {"revise_temperature", "0.7"},
-    {"eval_samples", "2"},
+    {"measure_samples", "2"},
     {"lora_rank", "8"},
     {"lora_alpha", "16"},
     {"epochs", "3"},
@@ -175,7 +180,9 @@ int cmd_align(int argc, char **argv) {
         bool b = fs[i].type == IA_CFG_BOOL;
         opts[k++] = (struct option){names[2 * i], b ? optional_argument : required_argument, 0, O_FIELD + i};
         if (b) {
-            snprintf(names[2 * i + 1], 64, "no-%s", names[2 * i]);
+            char neg[64] = "no-";
+            flag_of(fs[i].name, neg + 3, sizeof neg - 3);
+            memcpy(names[2 * i + 1], neg, sizeof neg);
             opts[k++] = (struct option){names[2 * i + 1], no_argument, 0, O_NOFIELD + i};
         }
     }
@@ -201,8 +208,17 @@ int cmd_align(int argc, char **argv) {
             ia_strv_push(&set_values, "false");
         } else if (c >= O_FIELD && c < O_FIELD + n_fields) {
             const ia_cfg_field *f = &fs[c - O_FIELD];
+            const char *v = optarg;
+            /* "--eval false" as well as "--eval=false" and a bare "--eval" */
+            static const char *const lits[] = {"true", "false", "yes", "no", "on", "off", "1", "0", NULL};
+            if (!v && f->type == IA_CFG_BOOL && optind < argc)
+                for (int l = 0; lits[l]; l++)
+                    if (!strcmp(argv[optind], lits[l])) {
+                        v = argv[optind++];
+                        break;
+                    }
             ia_strv_push(&set_names, f->name);
-            ia_strv_push(&set_values, optarg ? optarg : "true");
+            ia_strv_push(&set_values, v ? v : "true");
         } else {
             rc = cli_usage_error("align");
             goto out;
@@ -289,7 +305,7 @@ int cmd_align(int argc, char **argv) {
     }
     ia_free(preset_copy);
 
-    ui u = {isatty(2), ia_time_now(), 0};
+    ui u = {isatty(2), ia_time_now(), 0, 0};
     ia_align_callbacks cb = {on_progress, on_log, &u};
     if (demo && demo_dir[0])
         fprintf(stderr, "iteralign: offline demonstration: aligning the tiny stories260K model so that its stories stop\n"

@@ -70,7 +70,7 @@ int cmd_status(int argc, char **argv) {
     printf("revisions: %lld, chosen for training %lld; training examples %lld in %lld rounds\n", ival(cn, "revisions"),
            ival(cn, "revisions_chosen"), ival(cn, "train_examples"), ival(cn, "rounds"));
     printf("teacher calls: %lld (ok %lld, unusable %lld, failed %lld, in flight at a crash %lld, resent %lld); tokens %lld in + "
-           "%lld out; %.1f s\n",
+           "%lld out; %.1f s of summed latency\n",
            ival(tc, "total"), ival(tc, "ok"), ival(tc, "unusable"), ival(tc, "failed"), ival(tc, "in_flight_at_a_crash"),
            ival(tc, "resent_after_a_crash"), ival(tc, "prompt_tokens"), ival(tc, "completion_tokens"),
            json_number_value(json_object_get(tc, "latency_s")));
@@ -80,6 +80,26 @@ int cmd_status(int argc, char **argv) {
     printf(", ");
     print_rate("after", json_object_get(vr, "after"));
     printf("\n");
+    json_t *fl = json_object_get(rates, "heldout_base_nll_per_token");
+    json_t *fb = json_object_get(fl, "before"), *fa = json_object_get(fl, "after");
+    if (json_is_number(fb)) {
+        printf("fluency of those answers (the base model's NLL per token; lower is more fluent): before %.3f, after ",
+               json_number_value(fb));
+        if (json_is_number(fa)) printf("%.3f\n", json_number_value(fa));
+        else printf("not measured yet\n");
+    }
+    const char *tk;
+    json_t *tv;
+    json_object_foreach(json_object_get(rates, "eval_tasks"), tk, tv) {
+        printf("%s: before ", tk);
+        json_t *b = json_object_get(tv, "before"), *a = json_object_get(tv, "after");
+        if (json_is_number(b)) printf("%.4f", json_number_value(b));
+        else printf("-");
+        printf(", after ");
+        if (json_is_number(a)) printf("%.4f", json_number_value(a));
+        else printf("-");
+        printf(" (n=%lld)\n", ival(tv, "n"));
+    }
     json_t *per = json_object_get(rates, "redteam_batches");
     if (json_array_size(per)) {
         printf("red-team flag rate per batch:");
