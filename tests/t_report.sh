@@ -19,7 +19,7 @@ notok() { n=$((n + 1)); echo "not ok $n - $1"; }
 skip() { n=$((n + 1)); echo "ok $n - # SKIP $1"; }
 
 RUN=$TMP/run
-if ! "$BIN" align --run "$RUN" --demo -t 1 --max-batches 2 --max-heldout 10 --eval-samples 1 >"$TMP/align.log" 2>&1; then
+if ! "$BIN" align --run "$RUN" --demo -t 1 --max-batches 2 --max-heldout 10 --measure-samples 1 >"$TMP/align.log" 2>&1; then
   notok "the default job (align --demo, 2 batches)"; tail -20 "$TMP/align.log" | sed 's/^/# /'; echo "1..$n"; exit 1
 fi
 ok "the default job (align --demo, 2 batches)"
