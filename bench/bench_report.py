@@ -52,6 +52,7 @@ def main():
     ours = {label_of(r["model"]): r for r in recs if r.get("tool") == "iteralign" and "model" in r}
     bw = next((r["bw_gbs"] for r in recs if r.get("tool") == "iteralign" and r.get("bw_gbs")), None)
     bw1 = next((r["bw1_gbs"] for r in recs if r.get("tool") == "iteralign" and r.get("bw1_gbs")), None)
+    bwn = next((r["bwn_gbs"] for r in recs if r.get("tool") == "iteralign" and r.get("bwn_gbs")), bw)
     peers_absent = [r for r in recs if r.get("tool") == "llama.cpp" and r.get("absent")]
     peer = [r for r in recs if r.get("tool") == "llama.cpp" and not r.get("absent") and r.get("model")]
 
@@ -71,10 +72,11 @@ def main():
     L.append("")
     L.append(f"{machine.get('stamp', '?')}, mode {machine.get('mode', '?')}: {machine.get('cpu', '?')}, "
              f"{machine.get('cores', '?')} cores, {machine.get('threads', '?')} threads for every tool, "
-             f"OMP_WAIT_POLICY={machine.get('omp_wait_policy', '?')}; CPU flags: {machine.get('flags', '').strip()}.")
+             f"OMP_WAIT_POLICY={machine.get('omp_wait_policy', '?')} (llama.cpp: best of its default and passive), "
+             f"load average at the start {machine.get('loadavg', '?')}; CPU flags: {machine.get('flags', '').strip()}.")
     L.append("")
-    L.append(f"Read bandwidth: **{fmt(bw)} GB/s** ({machine.get('threads', '?')} threads), {fmt(bw1)} GB/s (1 thread). "
-             "Decode limit = bandwidth / bytes of weights read per token.")
+    L.append(f"Read bandwidth: {fmt(bwn)} GB/s ({machine.get('threads', '?')} threads), {fmt(bw1)} GB/s (1 thread); "
+             f"the decode limit uses the better, **{fmt(bw)} GB/s**: limit = bandwidth / bytes of weights read per token.")
     if peers_absent:
         L.append("")
         L.append(f"llama.cpp: **absent** ({peers_absent[0].get('why', '')}): no ratios against it.")

@@ -16,8 +16,12 @@
 #   LLAMA_CPP_BIN=DIR    a llama.cpp build's bin folder (llama-bench, llama-batched-bench,
 #                        llama-perplexity, and llama-finetune-lora when the build has it); several
 #                        builds: DIR1:DIR2 (each is measured; ratios use the fastest valid one)
+#   LLAMA_OMP="default passive"  OpenMP wait policies llama.cpp runs under (its threads spin between
+#                        ops when OMP_WAIT_POLICY is unset: fastest on an idle machine, far slower
+#                        when another process holds a core); llama-bench runs under each and the
+#                        best is kept; batched-bench and perplexity run under the first only
 #   PYTHON=/usr/bin/python3  the interpreter for the PyTorch training comparison (python3-torch)
-#   BENCH_SKIP=LIST      parts to skip: bw,pp,tg,batch,score,train,peers
+#   BENCH_SKIP=LIST      parts to skip: bw,pp,tg,batch,score,train,peers,server,eval
 #   BIN=./iteralign      the binary under test
 # Run from the repository root (make bench does). Peers that are absent are reported as absent.
 set -u
@@ -34,8 +38,13 @@ JL=$RAW/bench-$STAMP.jsonl
 : > "$JL"
 skip() { [[ $SKIP == *",$1,"* ]]; }
 log() { echo "bench: $*" >&2; }
-# OpenMP threads must not spin on a machine others share; it also keeps every tool on equal terms.
+# OpenMP threads must not spin on a machine others share (iteralign's own pool spins at most
+# IA_SPIN_US, yielding, before it sleeps). llama.cpp gets its best of LLAMA_OMP below.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+LLAMA_OMP=${LLAMA_OMP:-default passive}
+# runs a peer tool under an OpenMP policy ("default": OMP_WAIT_POLICY unset)
+with_policy() { local p=$1; shift; if [ "$p" = default ]; then env -u OMP_WAIT_POLICY "$@"; else OMP_WAIT_POLICY=$p "$@"; fi; }
+FIRST_POLICY=${LLAMA_OMP%% *}
 
 MODE=default
 [ "${BENCH_QUICK:-0}" = 1 ] && MODE=quick
@@ -83,8 +92,8 @@ log "mode $MODE, $THREADS threads, results in $OUT (raw: $JL)"
 
 # the machine, for the record
 {
-  printf '{"tool":"machine","stamp":"%s","mode":"%s","threads":%d,"cpu":"%s","cores":%d,"flags":"%s","omp_wait_policy":"%s"}\n' \
-    "$STAMP" "$MODE" "$THREADS" "$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" \
+  printf '{"tool":"machine","stamp":"%s","mode":"%s","threads":%d,"cpu":"%s","cores":%d,"loadavg":"%s","flags":"%s","omp_wait_policy":"%s"}\n' \
+    "$STAMP" "$MODE" "$THREADS" "$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
     "$(grep -o -w 'avx2\|avx512f\|avx512_vnni\|avx512_bf16\|avx512_fp16\|amx_tile\|amx_bf16\|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' ')" \
     "$OMP_WAIT_POLICY"
 } >> "$JL"
@@ -130,9 +139,11 @@ peer_bench() { # build model label parts
   local args=() want=0
   if [[ $parts == *p* ]] && ! skip pp; then args+=(-p "$PP"); want=1; else args+=(-p 0); fi
   if [[ $parts == *t* ]] && ! skip tg; then args+=(-n "$TG"); want=1; else args+=(-n 0); fi
+  local pol
+  for pol in $LLAMA_OMP; do
   if [ $want = 1 ]; then
-    if out=$("$d/llama-bench" -m "$m" -t "$THREADS" "${args[@]}" -r "$LREPS" -o jsonl 2> "$RAW/$label.llama-bench.err"); then
-      echo "$out" > "$RAW/$label.llama-bench.jsonl"
+    if out=$(with_policy "$pol" "$d/llama-bench" -m "$m" -t "$THREADS" "${args[@]}" -r "$LREPS" -o jsonl 2> "$RAW/$label.llama-bench.$pol.err"); then
+      echo "$out" > "$RAW/$label.llama-bench.$pol.jsonl"
       # one line per test: n_prompt/n_gen/avg_ts
       echo "$out" | "$PY" -c '
 import json, sys
@@ -144,14 +155,15 @@ for l in sys.stdin:
     t = "pp" if r.get("n_prompt", 0) > 0 and r.get("n_gen", 0) == 0 else "tg"
     n = r["n_prompt"] if t == "pp" else r["n_gen"]
     print(json.dumps({"tool": "llama.cpp", "build": b, "model": lab, "test": t, "n": n, "tps": r["avg_ts"],
-                      "stddev": r.get("stddev_ts"), "samples": r.get("samples_ts")}))' "$bl" "$label" >> "$JL"
+                      "stddev": r.get("stddev_ts"), "samples": r.get("samples_ts"), "omp": sys.argv[3]}))' "$bl" "$label" "$pol" >> "$JL"
     else
-      printf '{"tool":"llama.cpp","build":"%s","model":"%s","test":"pp_tg","failed":true,"why":"llama-bench exit status (see raw/%s.llama-bench.err)"}\n' "$bl" "$label" "$label" >> "$JL"
-      log "llama-bench failed on $label (raw/$label.llama-bench.err)"
+      printf '{"tool":"llama.cpp","build":"%s","model":"%s","test":"pp_tg","failed":true,"why":"llama-bench exit status (see raw/%s.llama-bench.%s.err)"}\n' "$bl" "$label" "$label" "$pol" >> "$JL"
+      log "llama-bench failed on $label (raw/$label.llama-bench.$pol.err)"
     fi
   fi
+  done
   if [[ $parts == *s* ]] && ! skip score && [ -x "$d/llama-perplexity" ]; then
-    if "$d/llama-perplexity" -m "$m" -t "$THREADS" -f "$TEXT" -c "$SCTX" --chunks "$SCH" > "$RAW/$label.llama-perplexity.log" 2>&1; then
+    if with_policy "$FIRST_POLICY" "$d/llama-perplexity" -m "$m" -t "$THREADS" -f "$TEXT" -c "$SCTX" --chunks "$SCH" > "$RAW/$label.llama-perplexity.log" 2>&1; then
       "$PY" - "$RAW/$label.llama-perplexity.log" "$bl" "$label" >> "$JL" <<'EOF'
 import json, re, sys
 s = open(sys.argv[1], errors="replace").read()
@@ -168,7 +180,7 @@ EOF
   if [[ $parts == *b* ]] && ! skip batch && [ -x "$d/llama-batched-bench" ]; then
     local maxn=0 n
     for n in ${NPL//,/ }; do [ "$n" -gt "$maxn" ] && maxn=$n; done
-    if "$d/llama-batched-bench" -m "$m" -t "$THREADS" -tb "$THREADS" -c $((maxn * (NPP + NTG))) -b 2048 -ub 512 \
+    if with_policy "$FIRST_POLICY" "$d/llama-batched-bench" -m "$m" -t "$THREADS" -tb "$THREADS" -c $((maxn * (NPP + NTG))) -b 2048 -ub 512 \
          -npp "$NPP" -ntg "$NTG" -npl "$NPL" > "$RAW/$label.llama-batched-bench.log" 2>&1; then
       "$PY" - "$RAW/$label.llama-batched-bench.log" "$bl" "$label" >> "$JL" <<'EOF'
 import json, sys
@@ -245,5 +257,22 @@ EOF
   fi
 fi
 
+# ---- server batching and the evaluation primer cache ---------------------------------------------
+# Their own scripts print the figures (sequential vs concurrent requests; truthfulqa_mc2 questions/s
+# with and without the shared primer cache); they are appended to bench.md below.
+if ! skip server; then
+  log "server: N concurrent requests vs one at a time (bench/bench_server.sh)"
+  BIN=$BIN OUT=$RAW bash bench/bench_server.sh > "$RAW/server.log" 2>&1 || log "bench_server.sh failed (raw/server.log)"
+fi
+if ! skip eval; then
+  log "evaluation: truthfulqa_mc2 q/s with and without the primer cache (bench/bench_eval.sh)"
+  BIN=$BIN OUT=$RAW bash bench/bench_eval.sh > "$RAW/eval.log" 2>&1 || log "bench_eval.sh failed (raw/eval.log)"
+fi
+
 "$PY" bench/bench_report.py "$JL" "$OUT/bench.md" "$OUT/bench.json" || { log "report failed"; exit 1; }
+for f in "$RAW/bench_server.txt" "$RAW/bench_eval.txt"; do
+  [ -s "$f" ] || continue
+  { echo; echo "### $(basename "$f" .txt)"; echo; echo '```'; cat "$f"; echo '```'; } >> "$OUT/bench.md"
+done
 cat "$OUT/bench.md"
+
