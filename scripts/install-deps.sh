@@ -14,7 +14,6 @@ PKGS=(
   python3-jinja2            # renders real chat templates as the tests' oracle
   python3-torch             # independent float64 gradient reference for the trainer tests
   chromium                  # headless screenshot of report.html in the tests
-  nodejs npm                # the official openai npm package talks to iteralign serve in the tests
 )
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -22,6 +21,12 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Node.js and npm (the official openai npm package talks to `iteralign serve` in the tests): machines
+# often have them from elsewhere (e.g. NodeSource, whose nodejs conflicts with Debian's npm), so
+# Debian's are installed only when the commands are missing.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all packages present"
   exit 0
