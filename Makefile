@@ -39,6 +39,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# The kernels: -O3 unrolls their small fixed-size tile loops completely, so the accumulator arrays
+# live in registers (at -O2 GCC keeps them on the stack: a load and a store around every vpdpbusd).
+KERNEL_OPT ?= -O3
+$(BUILD)/src/tensor/%.o: CFLAGS += $(KERNEL_OPT)
+
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

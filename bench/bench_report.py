@@ -80,6 +80,12 @@ def main():
     if peers_absent:
         L.append("")
         L.append(f"llama.cpp: **absent** ({peers_absent[0].get('why', '')}): no ratios against it.")
+    ok_keys = {(r["model"], r["test"]) for r in peer if not r.get("failed")}
+    failed = [r for r in peer if r.get("failed") and (r["model"], r["test"]) not in ok_keys]
+    if failed:
+        L.append("")
+        L.append("llama.cpp runs that failed or timed out (BENCH_PEER_TIMEOUT): " +
+                 ", ".join(f"{r['model']} {r['test']} ({r.get('omp', '?')})" for r in failed) + ".")
     builds = sorted({r.get("build") for r in peer if r.get("build")})
     if builds:
         L.append("")
@@ -114,6 +120,8 @@ def main():
             checks.append("tg allocates!")
         if r.get("ok") is False:
             checks.append("**run FAILED a check**")
+        if r.get("contention_events"):
+            checks.append(f"another process held a core {r['contention_events']}x (ran 1 thread meanwhile)")
         t_bw = frac >= TARGET_BW if frac is not None and typ in BW_TYPES and shape_ok else None
         t_tg = tg >= ltg if tg and ltg else None
         t_pp = pp / lpp >= TARGET_PP if pp and lpp else None
@@ -173,6 +181,15 @@ def main():
             rt = me["tps"] / max(torch)
             targets.append({"model": "smollm2-135m-f32", "target": "LoRA training >= 1.5x PyTorch (faster of fp32/bf16)",
                             "value": rt, "met": rt >= TARGET_TRAIN_TORCH})
+        ft = next((r for r in tr if r.get("tool") == "llama-finetune-lora" and r.get("tps")), None)
+        if me and me.get("tps") and ft:
+            rt = me["tps"] / ft["tps"]
+            targets.append({"model": "smollm2-135m-f32", "target": "LoRA training >= 4x llama-finetune-lora",
+                            "value": rt, "met": rt >= 4.0})
+            if me.get("peak_mib") and ft.get("peak_mib"):
+                rm = me["peak_mib"] / ft["peak_mib"]
+                targets.append({"model": "smollm2-135m-f32", "target": "LoRA training peak memory <= llama-finetune-lora's",
+                                "value": rm, "met": rm <= 1.0})
 
     if targets:
         met = sum(1 for t in targets if t["met"])

@@ -4,7 +4,7 @@
 cross-entropy over every target token, AdamW), timed on the CPU.
 
 Usage: bench_train.py --embd 576 --layers 30 --heads 9 --kv-heads 3 --ff 1536 --vocab 50257
-                      --batch 2 --seq 256 --steps 3 --threads 2 [--rank 8 --alpha 16]
+                      --batch 2 --seq 256 --steps 3 --threads 2 [--rank 8 --alpha 16] [--bf16]
 Prints one line: "torch tokens_per_s X peak_mib Y" (steady-state steps: the first is warm-up).
 """
 import argparse
@@ -68,6 +68,7 @@ def main():
                  ("batch", 2), ("seq", 256), ("steps", 3), ("threads", 2), ("rank", 8)):
         ap.add_argument("--" + k, type=int, default=v)
     ap.add_argument("--alpha", type=float, default=16)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward pass (weights stay f32)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -85,11 +86,12 @@ def main():
     times = []
     for step in range(a.steps + 1):
         t0 = time.time()
-        x = emb[tok[:, :-1]]
-        for b in blocks:
-            x = b(x, cos, sin, mask)
-        logits = rms(x, norm) @ emb.T  # tied head, as SmolLM2
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, a.vocab), tok[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            x = emb[tok[:, :-1]]
+            for b in blocks:
+                x = b(x, cos, sin, mask)
+            logits = rms(x, norm) @ emb.T  # tied head, as SmolLM2
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, a.vocab), tok[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

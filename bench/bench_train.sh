@@ -8,7 +8,8 @@
 # alpha 16 on all seven matrices, AdamW, clipping. tokens/s is the median of the steps after the
 # first; peak memory is the process's maximum resident set (the mapped f32 weights included, for
 # both). Environment: BENCH_TRAIN_STEPS (4), BENCH_TRAIN_BATCH (2), BENCH_TRAIN_SEQ (256),
-# BENCH_THREADS (all cores). Writes bench/results/train.txt. Run from the repository root.
+# BENCH_THREADS (all cores), LLAMA_FINETUNE (a llama-finetune-lora binary: measured on the same model).
+# Writes bench/results/train.txt. Run from the repository root.
 set -u
 BIN=${BIN:-./iteralign}
 PY=${PYTHON:-/usr/bin/python3}
@@ -55,6 +56,38 @@ if "$PY" -c 'import torch' 2>/dev/null; then
   line="$line | PyTorch: $t_tps tokens/s, peak $t_mib MiB | speed ratio (iteralign/PyTorch) $ratio, memory ratio $mratio"
 else
   line="$line | PyTorch: not installed for $PY (apt-get install python3-torch) — no ratio"
+fi
+# llama-finetune-lora (a llama.cpp fork with LoRA training, e.g. tetherto/qvac-fabric-llm.cpp) on the
+# same file: next-token training on plain text in windows of SEQ tokens (its dataset format), rank 8 on
+# the same seven matrices, AdamW. It reports no throughput, so it runs twice on texts of different
+# length and tokens/s = (extra windows x SEQ) / (extra seconds): loading and setup cancel out. Its
+# peak memory is the larger run's maximum resident set (/usr/bin/time).
+if [ -n "${LLAMA_FINETUNE:-}" ] && [ -x "$LLAMA_FINETUNE" ] && [ -x /usr/bin/time ]; then
+  echo "bench_train: $LLAMA_FINETUNE ..." >&2
+  ft_run() { # words -> "seconds peak_kib windows"
+    awk -v n="$1" 'BEGIN { split("the a cat dog ran jumped over under big small red blue green house tree river mountain quickly slowly happy", w, " ");
+      srand(2); for (j = 0; j < n; j++) printf "%s%s", w[int(rand() * 20) + 1], (j % 15 == 14) ? ".\n" : " " }' > "$TMP/ft.txt"
+    local t0 t1
+    t0=$(date +%s.%N)
+    OMP_WAIT_POLICY=${LLAMA_FT_OMP:-active} /usr/bin/time -f 'peak_kib %M' timeout "${BENCH_PEER_TIMEOUT:-600}" "$LLAMA_FINETUNE" \
+      -m "$TMP/smol.gguf" -f "$TMP/ft.txt" -c "$SEQ" -b "$SEQ" -ub "$SEQ" -t "$THREADS" --lora-rank 8 --lora-alpha 16 \
+      --lora-modules attn_q,attn_k,attn_v,attn_o,ffn_gate,ffn_up,ffn_down --num-epochs 1 --learning-rate 1e-4 \
+      --checkpoint-save-steps 100000 --checkpoint-save-dir "$TMP/ckpt" --output-adapter "$TMP/ft.gguf" > "$TMP/ft.log" 2>&1 || return 1
+    t1=$(date +%s.%N)
+    local kib nd
+    kib=$(sed -n 's/^peak_kib \([0-9]*\).*/\1/p' "$TMP/ft.log" | tail -1)
+    nd=$(sed -n 's/.*batches_per_epoch=\([0-9]*\).*/\1/p' "$TMP/ft.log" | tail -1)
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') ${kib:-0} ${nd:-0}"
+  }
+  # about 1.4 tokens per word with the GPT-2 vocabulary: windows of SEQ tokens every SEQ/2 tokens
+  if r1=$(ft_run $((SEQ * 4))) && r2=$(ft_run $((SEQ * 12))); then
+    read -r s1 k1 n1 <<<"$r1"; read -r s2 k2 n2 <<<"$r2"
+    f_tps=$(awk -v s1="$s1" -v s2="$s2" -v n1="$n1" -v n2="$n2" -v seq="$SEQ" 'BEGIN { if (s2 > s1 && n2 > n1) printf "%.1f", (n2 - n1) * seq / (s2 - s1); else print 0 }')
+    f_mib=$(awk -v k="$k2" 'BEGIN { printf "%.0f", k / 1024 }')
+    line="$line | llama-finetune-lora: $f_tps tokens/s, peak $f_mib MiB ($n1 and $n2 windows of $SEQ tokens in $s1 s and $s2 s)"
+  else
+    line="$line | llama-finetune-lora: failed ($(tail -2 "$TMP/ft.log" | tr '\n' ' '))"
+  fi
 fi
 {
   echo "# bench_train.sh $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $THREADS threads, $BATCH x $SEQ tokens per step, $STEPS steps"

@@ -16,12 +16,15 @@
 #   LLAMA_CPP_BIN=DIR    a llama.cpp build's bin folder (llama-bench, llama-batched-bench,
 #                        llama-perplexity, and llama-finetune-lora when the build has it); several
 #                        builds: DIR1:DIR2 (each is measured; ratios use the fastest valid one)
-#   LLAMA_OMP="default passive"  OpenMP wait policies llama.cpp runs under (its threads spin between
-#                        ops when OMP_WAIT_POLICY is unset: fastest on an idle machine, far slower
-#                        when another process holds a core); llama-bench runs under each and the
-#                        best is kept; batched-bench and perplexity run under the first only
+#   LLAMA_OMP="default passive"  OpenMP wait policies llama-bench runs under (llama.cpp's threads
+#                        spin between ops when OMP_WAIT_POLICY is unset: fastest on an idle machine,
+#                        a crawl when another process holds a core); the best is kept.
+#                        llama-batched-bench and llama-perplexity run under LLAMA_OMP_LONG (the same by
+#                        default; passive alone starves its one-token steps: 30 tokens/s at 1 sequence)
 #   PYTHON=/usr/bin/python3  the interpreter for the PyTorch training comparison (python3-torch)
 #   BENCH_SKIP=LIST      parts to skip: bw,pp,tg,batch,score,train,peers,server,eval
+#   BENCH_PEER_TIMEOUT=S a peer tool run longer than this is stopped and reported as timed out
+#                        (default 300: spinning OpenMP threads crawl when another process holds a core)
 #   BIN=./iteralign      the binary under test
 # Run from the repository root (make bench does). Peers that are absent are reported as absent.
 set -u
@@ -43,8 +46,12 @@ log() { echo "bench: $*" >&2; }
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 LLAMA_OMP=${LLAMA_OMP:-default passive}
 # runs a peer tool under an OpenMP policy ("default": OMP_WAIT_POLICY unset)
-with_policy() { local p=$1; shift; if [ "$p" = default ]; then env -u OMP_WAIT_POLICY "$@"; else OMP_WAIT_POLICY=$p "$@"; fi; }
-FIRST_POLICY=${LLAMA_OMP%% *}
+PEER_TIMEOUT=${BENCH_PEER_TIMEOUT:-300}
+with_policy() {
+  local p=$1; shift
+  if [ "$p" = default ]; then timeout "$PEER_TIMEOUT" env -u OMP_WAIT_POLICY "$@"; else OMP_WAIT_POLICY=$p timeout "$PEER_TIMEOUT" "$@"; fi
+}
+LONG_POLICIES=${LLAMA_OMP_LONG:-$LLAMA_OMP}
 
 MODE=default
 [ "${BENCH_QUICK:-0}" = 1 ] && MODE=quick
@@ -75,18 +82,16 @@ tinyllama-1.1b-q4_0:tinyllama-1.1b:q4_0:$SPM:pt
 tinyllama-1.1b-q8_0:tinyllama-1.1b:q8_0:$SPM:pt"
   PP=512; TG=128; REPS=5; NPL=1,4,16,64; NPP=128; NTG=128; SCTX=512; SCH=4; LREPS=5 ;;
 *)
-  LIST="smollm2-135m-f32:smollm2-135m:f32:$GPT2:ptsb
+  LIST="smollm2-135m-f32:smollm2-135m:f32:$GPT2:pts
 smollm2-135m-f16:smollm2-135m:f16:$GPT2:pt
 smollm2-135m-bf16:smollm2-135m:bf16:$GPT2:pt
 smollm2-135m-q8_0:smollm2-135m:q8_0:$GPT2:pts
 smollm2-135m-q4_0:smollm2-135m:q4_0:$GPT2:ptb
 smollm2-135m-q4_k:smollm2-135m:q4_k:$GPT2:pt
 qwen2.5-0.5b-f16:qwen2.5-0.5b:f16:$GPT2:pt
-qwen2.5-0.5b-bf16:qwen2.5-0.5b:bf16:$GPT2:pt
 qwen2.5-0.5b-q8_0:qwen2.5-0.5b:q8_0:$GPT2:pts
-qwen2.5-0.5b-q4_0:qwen2.5-0.5b:q4_0:$GPT2:pt
-qwen2.5-0.5b-q4_k:qwen2.5-0.5b:q4_k:$GPT2:pt"
-  PP=512; TG=128; REPS=3; NPL=1,4,16,64; NPP=128; NTG=128; SCTX=512; SCH=2; LREPS=3 ;;
+qwen2.5-0.5b-q4_0:qwen2.5-0.5b:q4_0:$GPT2:pt"
+  PP=512; TG=128; REPS=3; NPL=1,4,16,64; NPP=128; NTG=128; SCTX=512; SCH=2; LREPS=2 ;;
 esac
 log "mode $MODE, $THREADS threads, results in $OUT (raw: $JL)"
 
@@ -163,8 +168,9 @@ for l in sys.stdin:
   fi
   done
   if [[ $parts == *s* ]] && ! skip score && [ -x "$d/llama-perplexity" ]; then
-    if with_policy "$FIRST_POLICY" "$d/llama-perplexity" -m "$m" -t "$THREADS" -f "$TEXT" -c "$SCTX" --chunks "$SCH" > "$RAW/$label.llama-perplexity.log" 2>&1; then
-      "$PY" - "$RAW/$label.llama-perplexity.log" "$bl" "$label" >> "$JL" <<'EOF'
+    for pol in $LONG_POLICIES; do
+    if with_policy "$pol" "$d/llama-perplexity" -m "$m" -t "$THREADS" -f "$TEXT" -c "$SCTX" --chunks "$SCH" > "$RAW/$label.llama-perplexity.$pol.log" 2>&1; then
+      "$PY" - "$RAW/$label.llama-perplexity.$pol.log" "$bl" "$label" >> "$JL" <<'EOF'
 import json, re, sys
 s = open(sys.argv[1], errors="replace").read()
 m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", s)
@@ -174,15 +180,17 @@ print(json.dumps({"tool": "llama.cpp", "build": sys.argv[2], "model": sys.argv[3
                   "ppl": float(p.group(1)) if p else None}))
 EOF
     else
-      printf '{"tool":"llama.cpp","build":"%s","model":"%s","test":"score","failed":true}\n' "$bl" "$label" >> "$JL"
+      printf '{"tool":"llama.cpp","build":"%s","model":"%s","test":"score","failed":true,"omp":"%s"}\n' "$bl" "$label" "$pol" >> "$JL"
     fi
+    done
   fi
   if [[ $parts == *b* ]] && ! skip batch && [ -x "$d/llama-batched-bench" ]; then
     local maxn=0 n
     for n in ${NPL//,/ }; do [ "$n" -gt "$maxn" ] && maxn=$n; done
-    if with_policy "$FIRST_POLICY" "$d/llama-batched-bench" -m "$m" -t "$THREADS" -tb "$THREADS" -c $((maxn * (NPP + NTG))) -b 2048 -ub 512 \
-         -npp "$NPP" -ntg "$NTG" -npl "$NPL" > "$RAW/$label.llama-batched-bench.log" 2>&1; then
-      "$PY" - "$RAW/$label.llama-batched-bench.log" "$bl" "$label" >> "$JL" <<'EOF'
+    for pol in $LONG_POLICIES; do
+    if with_policy "$pol" "$d/llama-batched-bench" -m "$m" -t "$THREADS" -tb "$THREADS" -c $((maxn * (NPP + NTG))) -b 2048 -ub 512 \
+         -npp "$NPP" -ntg "$NTG" -npl "$NPL" > "$RAW/$label.llama-batched-bench.$pol.log" 2>&1; then
+      "$PY" - "$RAW/$label.llama-batched-bench.$pol.log" "$bl" "$label" >> "$JL" <<'EOF'
 import json, sys
 for l in open(sys.argv[1], errors="replace"):
     c = [x.strip() for x in l.strip().strip("|").split("|")]
@@ -192,8 +200,9 @@ for l in open(sys.argv[1], errors="replace"):
                           "prompt_tps": float(c[5])}))
 EOF
     else
-      printf '{"tool":"llama.cpp","build":"%s","model":"%s","test":"batch","failed":true}\n' "$bl" "$label" >> "$JL"
+      printf '{"tool":"llama.cpp","build":"%s","model":"%s","test":"batch","failed":true,"omp":"%s"}\n' "$bl" "$label" "$pol" >> "$JL"
     fi
+    done
   fi
 }
 
@@ -222,9 +231,11 @@ done <<< "$LIST"
 
 # ---- LoRA training ---------------------------------------------------------------------------
 if ! skip train; then
-  if [ -x bench/bench_train.sh ] && [ "$MODE" != quick ]; then
+  if [ -f bench/bench_train.sh ] && [ "$MODE" != quick ]; then
     log "LoRA training (bench/bench_train.sh)"
-    BIN=$BIN PYTHON=$PY BENCH_THREADS=$THREADS bench/bench_train.sh > "$RAW/train.txt" 2>&1 ||
+    ft=
+    for d in "${PEERS[@]}"; do [ -x "$d/llama-finetune-lora" ] && ft=$d/llama-finetune-lora; done
+    BIN=$BIN PYTHON=$PY BENCH_THREADS=$THREADS LLAMA_FINETUNE=$ft bash bench/bench_train.sh > "$RAW/train.txt" 2>&1 ||
       log "bench_train.sh failed (raw/train.txt)"
     "$PY" - "$RAW/train.txt" >> "$JL" <<'EOF'
 import json, re, sys
@@ -237,6 +248,11 @@ if t:
     print(json.dumps({"tool": "torch-fp32", "test": "train", "tps": float(t.group(1)), "peak_mib": float(t.group(2))}))
 else:
     print(json.dumps({"tool": "torch-fp32", "test": "train", "absent": True, "why": "python3-torch not installed" if "not installed" in s else "not measured"}))
+f = re.search(r"llama-finetune-lora: ([\d.]+) tokens/s, peak ([\d.]+) MiB", s)
+if f:
+    print(json.dumps({"tool": "llama-finetune-lora", "test": "train", "tps": float(f.group(1)), "peak_mib": float(f.group(2))}))
+elif "llama-finetune-lora: failed" in s:
+    print(json.dumps({"tool": "llama-finetune-lora", "test": "train", "failed": True, "why": "run failed (raw/train.txt)"}))
 EOF
     # PyTorch bf16 autocast, when bench_train.py offers it
     if "$PY" -c 'import torch' 2>/dev/null && grep -q -- '--bf16' bench/bench_train.py 2>/dev/null; then
@@ -246,8 +262,6 @@ EOF
       printf '{"tool":"torch-bf16","test":"train","absent":true,"why":"%s"}\n' \
         "$("$PY" -c 'import torch' 2>/dev/null && echo 'bench_train.py has no --bf16 mode' || echo 'python3-torch not installed')" >> "$JL"
     fi
-    ft=
-    for d in "${PEERS[@]}"; do [ -x "$d/llama-finetune-lora" ] && ft=$d; done
     if [ -z "$ft" ]; then
       printf '{"tool":"llama.cpp","test":"train","absent":true,"why":"no llama-finetune-lora in the given builds"}\n' >> "$JL"
     fi

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <sys/stat.h>
 
+#include "tensor/kernels.h"
 #include "tensor/tensor.h"
 
 static const uint32_t all_types[] = {IA_TYPE_F32, IA_TYPE_F16, IA_TYPE_BF16, IA_TYPE_Q8_0,
@@ -790,6 +791,245 @@ static void test_kernel_selection(void **state) {
     ia_kernel_force(NULL);
 }
 
+/* ==== the integer inference path (ia_matmul_infer in FAST precision) ==== */
+
+static const mm_case q8_cases[] = {
+    {IA_TYPE_Q8_0, 32, 1, 1},    {IA_TYPE_Q8_0, 96, 15, 67},  {IA_TYPE_Q8_0, 576, 31, 16}, {IA_TYPE_Q8_0, 1536, 9, 3},
+    {IA_TYPE_Q8_0, 64, 33, 5},   {IA_TYPE_Q4_0, 64, 3, 2},    {IA_TYPE_Q4_0, 544, 25, 7},  {IA_TYPE_Q4_0, 1056, 12, 33},
+    {IA_TYPE_Q4_0, 32, 17, 1},   {IA_TYPE_Q4_K, 256, 1, 1},   {IA_TYPE_Q4_K, 768, 17, 5},  {IA_TYPE_Q4_K, 1536, 40, 16},
+    {IA_TYPE_Q4_K, 512, 16, 4},  {IA_TYPE_Q4_K, 256, 33, 70},
+};
+#define N_Q8_CASES (int)(sizeof q8_cases / sizeof q8_cases[0])
+
+/* Activation rows with zeros, tiny and huge values and exact .5 ties after scaling. */
+static float *make_q8_acts(ia_rng *r, int n_tok, int n_in) {
+    float *X = make_acts(r, n_tok, n_in, false);
+    for (int t = 0; t < n_tok; t++) {
+        float *x = X + (size_t)t * n_in;
+        const int kind = t % 5;
+        for (int i = 0; i < n_in; i++) {
+            if (kind == 1 && i < 32) x[i] = 0.0f;                        /* an all-zero block */
+            if (kind == 2) x[i] *= 1e-20f;                               /* tiny */
+            if (kind == 3) x[i] *= 1e20f;                                /* huge */
+            if (kind == 4 && i % 32 == 0) x[i] = 127.0f;                 /* amax 127: ties at k + 0.5 */
+            if (kind == 4 && i % 32 == 1) x[i] = 2.5f;
+        }
+    }
+    return X;
+}
+
+/* SIMD quantisers give the reference's bytes. */
+static void test_qact_quantize(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 31);
+    enum { NT = 10, NI = 1536 };
+    float *X = make_q8_acts(&r, NT, NI);
+    const size_t rb = ia_qact_row_bytes(NI);
+    uint8_t *a = xmalloc(rb), *b = xmalloc(rb);
+    for (int k = 0; k < N_KERNELS; k++) {
+        if (!ia_kernel_force(kernels[k])) continue;
+        const ia_q8_kernel *qk = ia_q8_kernel_get();
+        if (!qk) continue;
+        for (int t = 0; t < NT; t++) {
+            memset(a, 0, rb);
+            memset(b, 0, rb);
+            ia_qact_quantize_ref(X + (size_t)t * NI, NI, a);
+            qk->quantize(X + (size_t)t * NI, NI, b);
+            if (memcmp(a, b, rb) != 0) fail_msg("%s quantiser differs from the reference (row %d)", qk->name, t);
+            const int8_t *q = (const int8_t *)a;
+            const float *d = (const float *)(a + NI);
+            for (int i = 0; i < NI; i++) {
+                const float x = X[(size_t)t * NI + i], dd = d[i / 32];
+                if (fabsf(q[i] * dd - x) > 0.5001f * dd) fail_msg("row %d [%d]: %g quantised to %d x %g", t, i, (double)x, q[i], (double)dd);
+            }
+        }
+    }
+    ia_kernel_force(NULL);
+    free(X); free(a); free(b);
+}
+
+/* Every family's integer path equals the scalar reference bit for bit (packed or not, batched or one
+ * row at a time, any thread count, alone or in ia_matmul_multi), and the scalar reference is within
+ * the activation quantisation bound of the exact product: |y - w·x| <= sum over blocks of
+ * 0.5001 dx_b sum|w_i| (each x_i is off by at most half a step) + (2 nb + 6) u sum|w_i| (|x_i| + dx_b)
+ * (the f32 scale steps). */
+static void test_matmul_q8(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 32);
+    const int saved_threads = ia_get_threads(), saved_prec = ia_get_precision();
+    ia_set_precision(IA_PREC_FAST);
+    double worst = 0;
+    for (int c = 0; c < N_Q8_CASES; c++) {
+        const mm_case *mc = &q8_cases[c];
+        const int ni = mc->n_in, no = mc->n_out, nt = mc->n_tok;
+        uint8_t *W = make_weights(&r, mc->type, ni, no, false);
+        float *X = make_q8_acts(&r, nt, ni);
+        const size_t ny = (size_t)nt * no;
+        float *Yr = xmalloc(ny * 4), *Yf = xmalloc(ny * 4), *Y1 = xmalloc(ny * 4), *w = xmalloc((size_t)ni * 4);
+        assert_true(ia_kernel_force("scalar"));
+        assert_true(ia_matmul_uses_q8(mc->type));
+        ia_matmul_infer(Yr, X, W, mc->type, nt, ni, no);
+        /* the bound, from the quantised activations the reference used */
+        const size_t rb = ia_qact_row_bytes(ni);
+        uint8_t *qa = xmalloc(rb);
+        for (int t = 0; t < nt; t++) {
+            ia_qact_quantize_ref(X + (size_t)t * ni, ni, qa);
+            const float *dx = (const float *)(qa + ni);
+            for (int o = 0; o < no; o++) {
+                ia_dequantize_row(mc->type, W + (size_t)o * ia_type_row_size(mc->type, ni), w, ni);
+                double ex = 0, bound = 0;
+                for (int b = 0; b < ni / 32; b++) {
+                    double w1 = 0, xm = 0;
+                    for (int i = 32 * b; i < 32 * b + 32; i++) {
+                        ex += (double)w[i] * X[(size_t)t * ni + i];
+                        w1 += fabs((double)w[i]);
+                        xm = fmax(xm, fabs((double)X[(size_t)t * ni + i]));
+                    }
+                    bound += 0.5001 * dx[b] * w1 + (2.0 * ni / 32 + 6) * 0x1p-24 * w1 * (xm + dx[b]);
+                }
+                const double e = fabs((double)Yr[(size_t)t * no + o] - ex);
+                if (!(e <= bound))
+                    fail_msg("%s %dx%d n_tok %d [%d][%d]: %g vs exact %g, error %g > bound %g", ia_type_name(mc->type), no, ni,
+                             nt, t, o, (double)Yr[(size_t)t * no + o], ex, e, bound);
+                if (bound > 0 && e / bound > worst) worst = e / bound;
+            }
+        }
+        free(qa);
+        for (int k = 1; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k]) || !ia_matmul_uses_q8(mc->type)) continue;
+            for (int packed = 0; packed < 2; packed++) {
+                if (packed) assert_int_equal(ia_qpack_add(W, mc->type, ni, no), IA_OK);
+                for (int th = 1; th <= 3; th++) {
+                    ia_set_threads(th);
+                    memset(Yf, 0xFF, ny * 4);
+                    ia_matmul_infer(Yf, X, W, mc->type, nt, ni, no);
+                    if (memcmp(Yf, Yr, ny * 4) != 0)
+                        fail_msg("%s %s %dx%d n_tok %d (%s, %d threads): differs from the scalar reference", kernels[k],
+                                 ia_type_name(mc->type), no, ni, nt, packed ? "packed" : "unpacked", th);
+                }
+                for (int t = 0; t < nt; t++)
+                    ia_matmul_infer(Y1 + (size_t)t * no, X + (size_t)t * ni, W, mc->type, 1, ni, no);
+                if (memcmp(Y1, Yr, ny * 4) != 0) fail_msg("%s %s: one row at a time differs", kernels[k], ia_type_name(mc->type));
+                /* the same matrix three times in one multi call */
+                float *Y2 = xmalloc(ny * 4), *Y3 = xmalloc(ny * 4);
+                const ia_mm_task tk[3] = {{Yf, W, mc->type, no}, {Y2, W, mc->type, no}, {Y3, W, mc->type, no}};
+                ia_matmul_multi(X, nt, ni, tk, 3);
+                if (memcmp(Yf, Yr, ny * 4) || memcmp(Y2, Yr, ny * 4) || memcmp(Y3, Yr, ny * 4))
+                    fail_msg("%s %s: ia_matmul_multi differs", kernels[k], ia_type_name(mc->type));
+                free(Y2); free(Y3);
+                if (packed) ia_qpack_remove(W);
+            }
+            ia_set_threads(saved_threads);
+        }
+        /* EXACT precision is ia_matmul */
+        ia_set_precision(IA_PREC_EXACT);
+        for (int k = 0; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k])) continue;
+            ia_matmul(Yr, X, W, mc->type, nt, ni, no);
+            ia_matmul_infer(Yf, X, W, mc->type, nt, ni, no);
+            if (memcmp(Yf, Yr, ny * 4) != 0) fail_msg("%s %s: EXACT ia_matmul_infer != ia_matmul", kernels[k], ia_type_name(mc->type));
+        }
+        ia_set_precision(IA_PREC_FAST);
+        ia_kernel_force(NULL);
+        free(W); free(X); free(Yr); free(Yf); free(Y1); free(w);
+    }
+    assert_int_equal(ia_qpack_bytes(), 0);
+    /* out of memory for a bigger batch's quantised activations: row by row from the stack, same bits */
+    {
+        const int ni = 2048, no = 40, nt = 150;
+        uint8_t *W = make_weights(&r, IA_TYPE_Q4_0, ni, no, false);
+        float *X = make_q8_acts(&r, nt, ni), *Ya = xmalloc((size_t)nt * no * 4), *Yb = xmalloc((size_t)nt * no * 4);
+        if (ia_kernel_force("avx512") && ia_matmul_uses_q8(IA_TYPE_Q4_0)) {
+            assert_int_equal(ia_qpack_add(W, IA_TYPE_Q4_0, ni, no), IA_OK);
+            ia_mem_fail_after(1, true);
+            ia_matmul_infer(Ya, X, W, IA_TYPE_Q4_0, nt, ni, no);
+            ia_mem_fail_after(0, false);
+            ia_matmul_infer(Yb, X, W, IA_TYPE_Q4_0, nt, ni, no);
+            if (memcmp(Ya, Yb, (size_t)nt * no * 4) != 0) fail_msg("integer path without memory for the batch differs");
+            ia_qpack_remove(W);
+        }
+        ia_kernel_force(NULL);
+        free(W); free(X); free(Ya); free(Yb);
+    }
+    print_message("# integer path: worst |y - exact| = %.3f of the quantisation bound; kernels %s\n", worst,
+                  ia_kernel_force("avx512") && ia_q8_kernel_get() ? ia_q8_kernel_get()->name : "scalar only");
+    ia_kernel_force(NULL);
+    ia_set_precision(saved_prec);
+    ia_set_threads(saved_threads);
+}
+
+/* ==== attention and log-sum-exp ==== */
+
+/* Each family's attention against the plain reference (summation order and exp differ: within a few
+ * f32 ulps of the output scale), and bit for bit the same whether tokens come in one batch or one at a
+ * time, with 1 or 3 threads. GQA (8 heads on 2 KV heads), two slots, positions up to 40. */
+static void test_attention(void **state) {
+    (void)state;
+    enum { S = 2, L = 2, C = 48, H = 8, HKV = 2, D = 64, KV = HKV * D, N = 9 };
+    ia_rng r;
+    ia_rng_seed(&r, 41);
+    float *kc = xmalloc(sizeof(float) * S * L * C * KV), *vc = xmalloc(sizeof(float) * S * L * C * KV);
+    for (size_t i = 0; i < (size_t)S * L * C * KV; i++) kc[i] = ia_rng_normal(&r), vc[i] = ia_rng_normal(&r);
+    float *q = xmalloc(sizeof(float) * N * H * D), *o1 = xmalloc(sizeof(float) * N * H * D);
+    float *o2 = xmalloc(sizeof(float) * N * H * D), *o3 = xmalloc(sizeof(float) * N * H * D);
+    for (int i = 0; i < N * H * D; i++) q[i] = 2.0f * ia_rng_normal(&r);
+    int32_t pos[N] = {0, 1, 15, 16, 17, 31, 40, 5, 33}, slot[N] = {0, 1, 0, 1, 0, 1, 1, 0, 0};
+    float *sc = xmalloc(sizeof(float) * 4 * C);
+    ia_attn a = {.out = o1, .q = q, .k_cache = kc, .v_cache = vc, .pos = pos, .slot = slot, .n_tok = N, .n_head = H,
+                 .n_head_kv = HKV, .head_dim = D, .n_layer = L, .layer = 1, .n_ctx = C, .scale = 0.125f,
+                 .scratch = sc, .n_scratch = 4};
+    ia_attention_ref(&a);
+    const int saved = ia_get_threads();
+    for (int k = 0; k < N_KERNELS; k++) {
+        if (!ia_kernel_force(kernels[k])) continue;
+        ia_set_threads(3);
+        a.out = o2;
+        ia_attention(&a);
+        for (int i = 0; i < N * H * D; i++)
+            if (fabsf(o2[i] - o1[i]) > 1e-5f * (1.0f + fabsf(o1[i])))
+                fail_msg("%s attention [%d]: %g vs reference %g", kernels[k], i, (double)o2[i], (double)o1[i]);
+        ia_set_threads(1);
+        for (int t = 0; t < N; t++) {
+            ia_attn b = a;
+            b.out = o3 + (size_t)t * H * D;
+            b.q = q + (size_t)t * H * D;
+            b.pos = pos + t;
+            b.slot = slot + t;
+            b.n_tok = 1;
+            ia_attention(&b);
+        }
+        if (memcmp(o2, o3, sizeof(float) * N * H * D) != 0) fail_msg("%s attention: batch != one at a time", kernels[k]);
+    }
+    ia_set_threads(saved);
+    ia_kernel_force(NULL);
+    free(kc); free(vc); free(q); free(o1); free(o2); free(o3); free(sc);
+}
+
+static void test_logsumexp(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 42);
+    enum { N = 50257 };
+    float *x = xmalloc(sizeof(float) * N);
+    for (int rep = 0; rep < 4; rep++) {
+        const int n = rep == 3 ? 7 : N - rep * 1000;
+        for (int i = 0; i < n; i++) x[i] = (rep == 1 ? 30.0f : 3.0f) * ia_rng_normal(&r) - (rep == 2 ? 500.0f : 0.0f);
+        double exact = 0, mx = -INFINITY;
+        for (int i = 0; i < n; i++) mx = fmax(mx, x[i]);
+        for (int i = 0; i < n; i++) exact += exp((double)x[i] - mx);
+        exact = mx + log(exact);
+        for (int k = 0; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k])) continue;
+            const double v = ia_logsumexp(x, n);
+            if (fabs(v - exact) > 1e-6 * (1 + fabs(exact))) fail_msg("%s logsumexp: %.9g vs %.9g", kernels[k], v, exact);
+        }
+    }
+    ia_kernel_force(NULL);
+    free(x);
+}
+
 /* ==== --dump DIR: data for tests/t_quants_py.sh ==== */
 
 /* Writes DIR/<TYPE>.q (blocks) and DIR/<TYPE>.f32 (the C dequantisation) for every type, plus
@@ -856,6 +1096,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_matmul_vs_ref),
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_matmul_thread_invariance),
+        cmocka_unit_test(test_qact_quantize),
+        cmocka_unit_test(test_matmul_q8),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_logsumexp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

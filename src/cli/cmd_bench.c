@@ -4,6 +4,7 @@
  * post a number. Human-readable lines on stdout, one JSON object per run with --json. */
 #include "cli.h"
 #include "model/model.h"
+#include "tensor/pool.h"
 #include "tensor/tensor.h"
 
 #include <math.h>
@@ -47,7 +48,8 @@ static void bench_help(FILE *f) {
           "  -r, --reps N          repetitions; the median is reported (default 3)\n"
           "      --only LIST       subset of bw,pp,tg,batch,score,check (default all)\n"
           "      --check-tokens N  tokens compared with the reference kernels (default 8)\n"
-          "      --tol X           allowed max|dlogit|/max|logit| vs the reference (default 1e-4)\n"
+          "      --tol X           allowed max|dlogit|/max|logit| vs the reference (default 1e-4; 5e-2 with\n"
+          "                        int8 activations, IA_PRECISION=fast on Q8_0/Q4_0/Q4_K weights)\n"
           "      --bw-mib N        bandwidth probe buffer (default 512)\n"
           "      --json FILE       append the results as one JSON object (a line) to FILE\n"
           "  -h, --help            this help\n",
@@ -114,24 +116,26 @@ static bool parse_list(const char *s, int *out, int cap, int *n) {
 
 /* ---- read bandwidth ------------------------------------------------------------------------- */
 
-/* Sums 4 interleaved streams of a slice, as wide as the CPU allows (several streams in flight per
- * core is what the decode kernels do: IA_MM_ROWS weight rows at once). */
+/* Sums a slice as `ns` interleaved streams (1: one linear stream, which the hardware prefetcher
+ * follows best here; 4: several in flight, as the decode kernels read), as wide as the CPU allows. */
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) static float read_avx512(const float *p, size_t n) {
-    const size_t q = n / 4 & ~(size_t)63;
+__attribute__((target("avx512f"))) static float read_avx512(const float *p, size_t n, int ns) {
+    const size_t q = n / (size_t)ns & ~(size_t)63;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t i = 0; i < q; i += 64)
-        for (int j = 0; j < 64; j += 16) {
-            a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i + j));
-            a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + q + i + j));
-            a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + 2 * q + i + j));
-            a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + 3 * q + i + j));
+        for (int s = 0; s < ns; s++) {
+            const float *b = p + (size_t)s * q + i;
+            a0 = _mm512_add_ps(a0, _mm512_loadu_ps(b));
+            a1 = _mm512_add_ps(a1, _mm512_loadu_ps(b + 16));
+            a2 = _mm512_add_ps(a2, _mm512_loadu_ps(b + 32));
+            a3 = _mm512_add_ps(a3, _mm512_loadu_ps(b + 48));
         }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 #endif
 
-static float read_plain(const float *p, size_t n) {
+static float read_plain(const float *p, size_t n, int ns) {
+    (void)ns;
     float a[16] = {0};
     for (size_t i = 0; i + 16 <= n; i += 16)
         for (int j = 0; j < 16; j++) a[j] += p[i + j];
@@ -140,39 +144,44 @@ static float read_plain(const float *p, size_t n) {
     return s;
 }
 
-static float read_slice(const float *p, size_t n) {
+static float read_slice(const float *p, size_t n, int ns) {
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f")) return read_avx512(p, n);
+    if (__builtin_cpu_supports("avx512f")) return read_avx512(p, n, ns);
 #endif
-    return read_plain(p, n);
+    return read_plain(p, n, ns);
 }
 
-/* Best of `reps` passes over `bytes` read by `nth` threads (each its own contiguous slice), GB/s. */
+/* Best over `reps` passes and 1 or 4 streams per thread of `bytes` read by `nth` threads (each its own
+ * contiguous slice), GB/s: the most the machine gave, so the decode limit derived from it is not
+ * flattering. */
 static double bw_probe(size_t bytes, int nth, int reps) {
     const size_t n = bytes / sizeof(float);
     float *buf = ia_malloc(n * sizeof(float));
     if (!buf) return 0;
-    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7); /* touch every page */
+    /* every page different: pages of equal content may be merged by the host (KSM), and reads of
+     * one shared page come from cache (a first version of this probe reported 83 GB/s so) */
+    for (size_t i = 0; i < n; i++) buf[i] = (float)((i * 2654435761u) >> 8 & 0xFFFFF);
     double best = 0;
     volatile float sink = 0;
-    for (int r = 0; r < reps; r++) {
-        float tot = 0;
-        const double t0 = ia_time_now();
+    for (int r = 0; r < reps; r++)
+        for (int ns = 1; ns <= 4; ns += 3) {
+            float tot = 0;
+            const double t0 = ia_time_now();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nth) reduction(+ : tot)
-        {
-            const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-            const size_t per = n / (size_t)nt;
-            tot += read_slice(buf + per * (size_t)id, per);
-        }
+            {
+                const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+                const size_t per = n / (size_t)nt;
+                tot += read_slice(buf + per * (size_t)id, per, ns);
+            }
 #else
-        (void)nth;
-        tot = read_slice(buf, n);
+            (void)nth;
+            tot = read_slice(buf, n, ns);
 #endif
-        const double dt = ia_time_now() - t0;
-        sink += tot;
-        if ((double)bytes / dt / 1e9 > best) best = (double)bytes / dt / 1e9;
-    }
+            const double dt = ia_time_now() - t0;
+            sink += tot;
+            if ((double)bytes / dt / 1e9 > best) best = (double)bytes / dt / 1e9;
+        }
     (void)sink;
     ia_free(buf);
     return best;
@@ -468,11 +477,7 @@ static int bench_score(bres *R, brun *r, const bench_opts *o, ia_rng *g, ia_erro
         double s = 0;
         for (int j = first; j < n - 1; j++) { /* row j - first predicts token j + 1 */
             const float *l = lg + (size_t)(j - first) * V;
-            float mx = l[0];
-            for (int v = 1; v < V; v++) mx = l[v] > mx ? l[v] : mx;
-            double se = 0;
-            for (int v = 0; v < V; v++) se += exp((double)(l[v] - mx));
-            s += log(se) - (double)(l[chunk[j + 1]] - mx);
+            s += ia_logsumexp(l, V) - (double)l[chunk[j + 1]];
         }
         const double dt = ia_time_now() - t0;
         if (ch == 0) memcpy(last, lg + (size_t)(n - 1 - first) * V, sizeof(float) * (size_t)V);
@@ -520,13 +525,21 @@ static int bench_check(bres *R, brun *r, const bench_opts *o, const float *keep,
     const char *fam = ia_cpu_kernel_name();
     char fam_s[32];
     snprintf(fam_s, sizeof fam_s, "%s", fam);
+    /* int8 activations (fast precision, quantised weights) move logits by ~1e-2 of their range; f32
+     * paths differ from the reference by summation order only */
+    const bool q8 = ia_matmul_uses_q8(r->m->layers[0].w_up.type) || ia_matmul_uses_q8(r->m->output.type);
+    const double tol = o->tol > 0 ? o->tol : q8 ? 5e-2 : 1e-4;
     if (!run_seq(r, c, 0, kept, K, 0, K, true, err)) goto out;
     memcpy(fast, ia_context_logits(c), sizeof(float) * (size_t)K * V);
+    /* the reference: plain C kernels, f32 activations */
+    const int prec = ia_get_precision();
     ia_kernel_force("scalar");
+    ia_set_precision(IA_PREC_EXACT);
     const double t0 = ia_time_now();
     const float *lg = run_seq(r, c, 0, kept, K, 0, K, true, err);
     const double t_ref = ia_time_now() - t0;
     ia_kernel_force(NULL);
+    ia_set_precision(prec);
     if (!lg) goto out;
     memcpy(ref, lg, sizeof(float) * (size_t)K * V);
     double worst_dec = 0, worst_pre = 0;
@@ -541,14 +554,17 @@ static int bench_check(bres *R, brun *r, const bench_opts *o, const float *keep,
         agree_dec += keep ? argmax(keep + (size_t)k * V, V) == ar : 1;
         agree_pre += argmax(fast + (size_t)k * V, V) == ar;
     }
-    const bool ok = worst_dec <= o->tol && worst_pre <= o->tol && agree_dec == K && agree_pre == K;
-    json_t *j = json_pack("{s:b,s:s,s:s,s:i,s:f,s:f,s:i,s:i,s:f,s:f}", "ok", ok, "kernel", fam_s, "reference", "scalar",
-                          "tokens", K, "decode_rel_diff", worst_dec, "batch_rel_diff", worst_pre, "decode_argmax_agree",
-                          agree_dec, "batch_argmax_agree", agree_pre, "tol", o->tol, "ref_seconds", t_ref);
+    /* a near-tie may flip under int8 activations; most rows must still agree */
+    const int need = q8 ? K - K / 4 : K;
+    const bool ok = worst_dec <= tol && worst_pre <= tol && agree_dec >= need && agree_pre >= need;
+    json_t *j = json_pack("{s:b,s:s,s:s,s:b,s:i,s:f,s:f,s:i,s:i,s:f,s:f}", "ok", ok, "kernel", fam_s, "reference",
+                          "scalar, f32 activations", "int8_activations", q8, "tokens", K, "decode_rel_diff", worst_dec,
+                          "batch_rel_diff", worst_pre, "decode_argmax_agree", agree_dec, "batch_argmax_agree", agree_pre,
+                          "tol", tol, "ref_seconds", t_ref);
     add_fig(R, "check", j);
     if (!ok) R->all_ok = false;
-    printf("  check vs scalar reference (%d tokens): decode %.2e, batch %.2e (tol %.0e), argmax %d/%d, %d/%d  %s\n", K,
-           worst_dec, worst_pre, o->tol, agree_dec, K, agree_pre, K, ok ? "ok" : "FAILED");
+    printf("  check vs scalar f32 reference (%d tokens%s): decode %.2e, batch %.2e (tol %.0e), argmax %d/%d, %d/%d  %s\n",
+           K, q8 ? ", int8 activations" : "", worst_dec, worst_pre, tol, agree_dec, K, agree_pre, K, ok ? "ok" : "FAILED");
     rc = 0;
 out:
     ia_free(ref);
@@ -594,7 +610,7 @@ int cmd_bench(int argc, char **argv) {
     o.score_chunks = 2;
     o.check_tok = 8;
     o.what = B_ALL;
-    o.tol = 1e-4;
+    o.tol = 0;
     o.bw_bytes = (size_t)512 << 20;
     o.npl[0] = 1, o.npl[1] = 4, o.npl[2] = 16, o.npl[3] = 64, o.n_npl = 4;
     int c, mib = 512;
@@ -646,12 +662,17 @@ int cmd_bench(int argc, char **argv) {
     json_object_set_new(R.root, "version", json_string(IA_VERSION));
     json_object_set_new(R.root, "threads", json_integer(nth));
     json_object_set_new(R.root, "kernel", json_string(ia_cpu_kernel_name()));
-    printf("iteralign bench: %d threads, kernel %s\n", nth, ia_cpu_kernel_name());
+    json_object_set_new(R.root, "precision", json_string(ia_get_precision() == IA_PREC_EXACT ? "exact" : "fast"));
+    printf("iteralign bench: %d threads, kernel %s, %s precision\n", nth, ia_cpu_kernel_name(),
+           ia_get_precision() == IA_PREC_EXACT ? "exact" : "fast");
     if (o.what & B_BW) {
-        const double bw = bw_probe(o.bw_bytes, nth, 5), bw1 = nth > 1 ? bw_probe(o.bw_bytes, 1, 3) : bw;
+        const double bwn = bw_probe(o.bw_bytes, nth, 5), bw1 = nth > 1 ? bw_probe(o.bw_bytes, 1, 5) : bwn;
+        /* one core may read as fast as two (it does on this kind of VM): the limit uses the best */
+        const double bw = bwn > bw1 ? bwn : bw1;
         json_object_set_new(R.root, "bw_gbs", json_real(bw));
+        json_object_set_new(R.root, "bwn_gbs", json_real(bwn));
         json_object_set_new(R.root, "bw1_gbs", json_real(bw1));
-        printf("  read bandwidth %.1f GB/s (%d threads), %.1f GB/s (1 thread)\n", bw, nth, bw1);
+        printf("  read bandwidth %.1f GB/s (%d threads), %.1f GB/s (1 thread)\n", bwn, nth, bw1);
     }
     ia_error err = {0};
     int rc = 0;
@@ -699,6 +720,11 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     json_object_set_new(R.root, "peak_rss_mib", json_real(peak_rss_mib()));
+    /* another process taking a core shows here: the pool then ran single-threaded for a while */
+    json_object_set_new(R.root, "contention_events", json_integer(ia_pool_contention_events()));
+    if (ia_pool_contention_events())
+        printf("  note: %d times another process held a core (the pool ran on one thread for a second "
+               "each time)\n", ia_pool_contention_events());
     json_object_set_new(R.root, "ok", json_boolean(R.all_ok));
     if (!R.all_ok) {
         fprintf(stderr, "iteralign bench: a correctness check FAILED (see above)\n");

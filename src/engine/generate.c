@@ -2,6 +2,7 @@
  * continuous-batching engine) and ia_score (log-likelihood of continuations, many sequences per
  * forward). */
 #include "engine.h"
+#include "logprobs.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -256,17 +257,12 @@ int ia_score(ia_model *m, const ia_score_request *reqs, int n, ia_score_result *
                 score_seq *q = &ss[b_seq[i]];
                 int p = b_pos[i];
                 int32_t target = q->ids[p + 1];
-                float mx = l[0];
-                int arg = 0;
-                for (int v = 1; v < V; v++)
-                    if (l[v] > mx) { mx = l[v]; arg = v; }
-                double sum = 0;
-                for (int v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
-                double lp = (double)(l[target] - mx) - log(sum);
+bool top;
+                double lp = ia_logits_token_logprob(l, V, target, &top);
                 ia_score_result *r = &out[b_seq[i]];
                 r->token_logprobs[p + 1 - q->n_ctx_tok] = (float)lp;
                 r->logprob += lp;
-                if (arg != target) r->is_greedy = false;
+                if (!top) r->is_greedy = false;
             }
         }
         for (int s = 0; s < n_slots; s++) {

@@ -40,6 +40,14 @@ static void row_logprobs(const float *l, int V, int32_t target, int top_k, float
     for (int i = n; i < top_k; i++) { top_ids[i] = -1; top_lp[i] = -INFINITY; }
 }
 
+double ia_logits_token_logprob(const float *l, int V, int32_t target, bool *is_argmax) {
+    int arg = 0;
+    for (int v = 1; v < V; v++)
+        if (l[v] > l[arg]) arg = v;
+    *is_argmax = arg == target;
+    return (double)l[target] - ia_logsumexp(l, V);
+}
+
 int ia_token_logprobs(ia_model *m, ia_token_lp_job *jobs, int n_jobs, int n_slots, ia_error *err) {
     if (n_jobs <= 0) return IA_OK;
     const int V = ia_model_n_vocab(m);

@@ -27,4 +27,8 @@ typedef struct ia_token_lp_job {
  * untouched. Returns IA_OK or an error code (err set); on error the outputs are unspecified. */
 int ia_token_logprobs(ia_model *m, ia_token_lp_job *jobs, int n_jobs, int n_slots, ia_error *err);
 
+/* log P(target) of one row of V logits (log-softmax through ia_logsumexp) and whether target is the
+ * row's first maximum. ia_score and the evaluation scorer both call this, so they agree bit for bit. */
+double ia_logits_token_logprob(const float *l, int V, int32_t target, bool *is_argmax);
+
 #endif /* IA_ENGINE_LOGPROBS_H */

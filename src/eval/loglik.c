@@ -1,6 +1,7 @@
 /* loglik.c — batched log-likelihood scoring for evaluations, with a shared prefix (the few-shot
  * primer) decoded once into a spare KV slot and copied into the slot of every request that starts
  * with it. Tokenization and the numbers are those of ia_score (lm-eval semantics). */
+#include "engine/logprobs.h"
 #include "eval/eval.h"
 #include "model/model.h"
 #include "util/util.h"
@@ -218,17 +219,12 @@ int ia_eval_loglik(ia_model *m, const ia_score_request *reqs, int n, const ia_ll
                 lseq *q = &ss[b_seq[i]];
                 int p = b_pos[i];
                 int32_t target = q->ids[p + 1];
-                float mx = l[0];
-                int arg = 0;
-                for (int v = 1; v < V; v++)
-                    if (l[v] > mx) { mx = l[v]; arg = v; }
-                double sum = 0;
-                for (int v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
-                double lp = (double)(l[target] - mx) - log(sum);
+                bool top;
+                double lp = ia_logits_token_logprob(l, V, target, &top);
                 ia_score_result *r = &out[b_seq[i]];
                 r->token_logprobs[p + 1 - q->n_ctx_tok] = (float)lp;
                 r->logprob += lp;
-                if (arg != target) r->is_greedy = false;
+                if (!top) r->is_greedy = false;
             }
         }
         for (int s = 0; s < n_par; s++) {

@@ -153,18 +153,6 @@ static void rope(float *vec, int n_heads, int D, int n_rot, ia_rope_type type, c
     }
 }
 
-/* Dot product with eight interleaved partial sums (i mod 8): a fixed order, so the result never
- * depends on the batch or thread, and the compiler can vectorise it without reassociating. */
-static inline float dot8(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int nv = n & ~7;
-    for (int k = 0; k < nv; k += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[k + l] * b[k + l];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (int k = nv; k < n; k++) s += a[k] * b[k];
-    return s;
-}
-
 static void add_bias(float *y, const float *b, int n_tok, int n) {
     if (!b) return;
     for (int t = 0; t < n_tok; t++)
@@ -197,7 +185,6 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
 
     const int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
     const int Dq = H * D, KV = c->kv_dim, L = hp->n_layer, C = c->n_ctx, half = hp->n_rot / 2;
-    const int group = H / Hkv; /* query heads per KV head (GQA) */
     const float scale = 1.0f / sqrtf((float)D);
     int nth = ia_get_threads();
     if (nth > c->n_att_thr) nth = c->n_att_thr;
@@ -214,9 +201,9 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
         for (int t = 0; t < N; t++)
             rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, ly->attn_norm, E, hp->rms_eps);
         /* All N rows at once: one pass over each weight matrix per step. */
-        ia_matmul(c->q, c->xb, ly->wq.data, ly->wq.type, N, E, Dq);
-        ia_matmul(c->k, c->xb, ly->wk.data, ly->wk.type, N, E, KV);
-        ia_matmul(c->v, c->xb, ly->wv.data, ly->wv.type, N, E, KV);
+        const ia_mm_task qkv[3] = {{c->q, ly->wq.data, ly->wq.type, Dq}, {c->k, ly->wk.data, ly->wk.type, KV},
+                                   {c->v, ly->wv.data, ly->wv.type, KV}};
+        ia_matmul_multi(c->xb, N, E, qkv, 3); /* one parallel step, xb quantised once (fast precision) */
         if (m->lora) { /* run-time LoRA: y += s·B·(A·x), per token */
             ia_lora_apply(m, l, IA_LORA_Q, c->q, c->xb, N);
             ia_lora_apply(m, l, IA_LORA_K, c->k, c->xb, N);
@@ -234,51 +221,23 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
             memcpy(c->v_cache + off, c->v + (size_t)t * KV, (size_t)KV * sizeof(float));
         }
 
-        /* Causal attention, one (token, head) per iteration: each result is computed by one thread in
+        /* Causal attention (src/tensor/attention.c): each (token, head) is computed by one thread in
          * a fixed order, so it does not depend on the batch or the thread count. Output goes to xb. */
         float *out = c->xb;
-        const int n_work = N * H;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
-        for (int w = 0; w < n_work; w++) {
-            int t = w / H, h = w % H;
-#ifdef _OPENMP
-            float *sc = c->att + (size_t)omp_get_thread_num() * C;
-#else
-            float *sc = c->att;
-#endif
-            const float *qh = c->q + (size_t)t * Dq + (size_t)h * D;
-            int kvh = h / group, pos = b->pos[t];
-            size_t base = ((size_t)b->slot[t] * L + l) * C * (size_t)KV + (size_t)kvh * D;
-            float mx = -INFINITY;
-            for (int p = 0; p <= pos; p++) {
-                float s = dot8(qh, c->k_cache + base + (size_t)p * KV, D) * scale;
-                sc[p] = s;
-                if (s > mx) mx = s;
-            }
-            float sum = 0;
-            for (int p = 0; p <= pos; p++) {
-                sc[p] = expf(sc[p] - mx);
-                sum += sc[p];
-            }
-            float inv = 1.0f / sum;
-            float *o = out + (size_t)t * Dq + (size_t)h * D;
-            for (int d = 0; d < D; d++) o[d] = 0;
-            for (int p = 0; p <= pos; p++) {
-                const float *vp = c->v_cache + base + (size_t)p * KV;
-                float a = sc[p] * inv;
-                for (int d = 0; d < D; d++) o[d] += a * vp[d];
-            }
-        }
+        const ia_attn at = {.out = out, .q = c->q, .k_cache = c->k_cache, .v_cache = c->v_cache, .pos = b->pos,
+                            .slot = b->slot, .n_tok = N, .n_head = H, .n_head_kv = Hkv, .head_dim = D, .n_layer = L,
+                            .layer = l, .n_ctx = C, .scale = scale, .scratch = c->att, .n_scratch = nth};
+        ia_attention(&at);
         /* q is free again: the projection goes there, then into the residual. */
-        ia_matmul(c->q, out, ly->wo.data, ly->wo.type, N, Dq, E);
+        ia_matmul_infer(c->q, out, ly->wo.data, ly->wo.type, N, Dq, E);
         if (m->lora) ia_lora_apply(m, l, IA_LORA_O, c->q, out, N);
         for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->q[i];
 
         /* SwiGLU feed-forward. */
         for (int t = 0; t < N; t++)
             rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->rms_eps);
-        ia_matmul(c->hb, c->xb, ly->w_gate.data, ly->w_gate.type, N, E, F);
-        ia_matmul(c->hb2, c->xb, ly->w_up.data, ly->w_up.type, N, E, F);
+        const ia_mm_task gu[2] = {{c->hb, ly->w_gate.data, ly->w_gate.type, F}, {c->hb2, ly->w_up.data, ly->w_up.type, F}};
+        ia_matmul_multi(c->xb, N, E, gu, 2);
         if (m->lora) {
             ia_lora_apply(m, l, IA_LORA_GATE, c->hb, c->xb, N);
             ia_lora_apply(m, l, IA_LORA_UP, c->hb2, c->xb, N);
@@ -287,7 +246,7 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
             float g = c->hb[i];
             c->hb[i] = g / (1.0f + expf(-g)) * c->hb2[i];
         }
-        ia_matmul(c->xb, c->hb, ly->w_down.data, ly->w_down.type, N, F, E);
+        ia_matmul_infer(c->xb, c->hb, ly->w_down.data, ly->w_down.type, N, F, E);
         if (m->lora) ia_lora_apply(m, l, IA_LORA_DOWN, c->xb, c->hb, N);
         for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->xb[i];
     }
@@ -300,7 +259,7 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
         rmsnorm(c->xo + (size_t)n_out * E, c->x + (size_t)t * E, m->output_norm, E, hp->rms_eps);
         n_out++;
     }
-    if (n_out) ia_matmul(c->logits, c->xo, m->output.data, m->output.type, n_out, E, hp->n_vocab);
+    if (n_out) ia_matmul_infer(c->logits, c->xo, m->output.data, m->output.type, n_out, E, hp->n_vocab);
     c->n_logits = n_out;
     return IA_OK;
 }

@@ -354,6 +354,20 @@ static int load_tensors(ia_model *m, loader *ld) {
 
 /* ---- public ------------------------------------------------------------------------------ */
 
+/* Every matrix the forward pass multiplies by, for the tensor module's repacked copies (made for the
+ * SIMD integer kernels at load, released at free; a no-op where no such kernel runs). */
+static int pack_weights(ia_model *m, bool add) {
+    int rc = IA_OK;
+#define PW(w) ((w).data ? (add ? (rc = rc ? rc : ia_qpack_add((w).data, (w).type, (w).n_in, (w).n_out)) : (ia_qpack_remove((w).data), 0)) : 0)
+    for (int l = 0; m->layers && l < m->hp.n_layer; l++) {
+        const ia_layer *ly = &m->layers[l];
+        PW(ly->wq), PW(ly->wk), PW(ly->wv), PW(ly->wo), PW(ly->w_gate), PW(ly->w_up), PW(ly->w_down);
+    }
+    PW(m->output);
+#undef PW
+    return rc;
+}
+
 ia_model *ia_model_load(const char *path, ia_error *err_out) {
     if (!path) { ia_error_set(err_out, IA_ERR_ARG, "ia_model_load: path is NULL"); return NULL; }
     /* Internally err is never NULL, so helpers can return err->code. */
@@ -392,6 +406,8 @@ ia_model *ia_model_load(const char *path, ia_error *err_out) {
     ld.pend = ia_calloc((size_t)ld.n_pend_cap, sizeof *ld.pend);
     if (!m->layers || !ld.used || !ld.pend) { ia_error_set(err, IA_ERR_NOMEM, "%s: out of memory", path); goto fail; }
     if (load_tensors(m, &ld) != IA_OK) goto fail;
+    m->packed = true;
+    if (pack_weights(m, true) != IA_OK) { ia_error_set(err, IA_ERR_NOMEM, "%s: out of memory", path); goto fail; }
 
     m->tok = ia_tokenizer_load(f, err);
     if (!m->tok) { prefix_path(err, path); goto fail; }
@@ -423,6 +439,7 @@ fail:
 void ia_model_free(ia_model *m) {
     if (!m) return;
     ia_model_lora_clear(m);
+    if (m->packed) pack_weights(m, false);
     ia_tokenizer_free(m->tok);
     gguf_file_free(m->gguf);
     ia_free(m->layers);

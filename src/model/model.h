@@ -68,6 +68,7 @@ struct ia_model {
     float *owned;           /* one block holding the F16/BF16 (or misaligned F32) norms, biases and
                                rope_freqs converted to f32 at load; the pointers above point into it */
     struct ia_lora_set *lora; /* run-time LoRA adapters (model/lora.h), NULL: none */
+    bool packed;            /* the matrices were given to ia_qpack_add (released at free) */
 };
 
 /* ---- inference context: KV cache for S slots + workspace for N tokens ---- */

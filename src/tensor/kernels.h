@@ -22,12 +22,14 @@ typedef struct ia_mm_kernel {
      * thread-invariant. */
     void (*dot)(const float *const *w, int len, const float *X, int64_t ldx, int n_tok, float *Y,
                 int64_t ldy, int nr, bool accumulate);
-    /* Optional (NULL: not provided): dequant + dot in one pass for a quantised or half type, the
+    /* Optional (NULL: not provided): dequant + dot in one pass (any type, F32 included), the
      * weights decoded in registers and never stored, for n_tok <= IA_MM_FUSED_MAX_TOK. rows holds
      * IA_MM_ROWS row starts (rows past nr repeat a valid one); k0 and len as for dequant. Must give
-     * exactly the bits of dequant followed by dot. */
+     * exactly the bits of dequant followed by dot. pf: NULL, or the IA_MM_ROWS row starts of the
+     * block that comes next, whose same elements are prefetched as these are consumed. */
     void (*dot_fused)(uint32_t type, const uint8_t *const *rows, int64_t k0, int len, const float *X,
-                      int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr, bool accumulate);
+                      int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr, bool accumulate,
+                      const uint8_t *const *pf);
     /* Optional (NULL: dequant row by row): dequant of the same chunk of IA_MM_ROWS rows (rows past
      * nr repeat a valid one) into out[r]. */
     void (*dequant_rows)(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
@@ -43,5 +45,63 @@ extern const ia_mm_kernel ia_mm_kernel_scalar;
 extern const ia_mm_kernel ia_mm_kernel_avx2;
 extern const ia_mm_kernel ia_mm_kernel_avx512;
 #endif
+
+/* ---- the integer inference path (qmatmul.c, qmatmul_avx512.c) ---- */
+
+#define IA_QA_BLOCK 32 /* activations are quantised in blocks of this many values */
+#define IA_QP_ROWS 16  /* weight rows per packed panel */
+
+/* A weight matrix repacked for the SIMD integer kernels (layouts in qmatmul.c). */
+typedef struct ia_qpack {
+    const void *src;        /* the GGUF data it was made from (the registry key) */
+    uint32_t type;
+    int n_in, n_out, n_panel;
+    size_t panel_bytes;
+    uint8_t *data;          /* n_panel panels */
+    int refs;               /* ia_qpack_add calls not yet matched by ia_qpack_remove */
+} ia_qpack;
+
+/* One matrix of an integer matmul call. */
+typedef struct ia_q8_task {
+    float *Y;
+    const void *W;
+    const ia_qpack *pack;   /* NULL for kernels that read W itself */
+    uint32_t wtype;
+    int n_in, n_out;
+} ia_q8_task;
+
+typedef struct ia_q8_kernel {
+    const char *name;
+    bool needs_pack;        /* reads ia_qpack panels (else the GGUF rows) */
+    /* one activation row of n_in floats -> ia_qact_row_bytes(n_in) bytes: n_in int8, n_in/32 f32
+     * scales, n_in/32 int32 sums */
+    void (*quantize)(const float *x, int n_in, uint8_t *row);
+    /* rows of panels [p0, p1) for tokens [t0, t1): Y[t][o] (the Y of the task, row stride n_out) */
+    void (*gemm)(const ia_q8_task *t, int p0, int p1, const uint8_t *qa, size_t qa_stride, int t0, int t1);
+} ia_q8_kernel;
+
+size_t ia_qact_row_bytes(int n_in);
+void ia_qact_quantize_ref(const float *x, int n_in, uint8_t *row);
+/* The reference: one output value from a GGUF row and a quantised activation row. */
+float ia_q8_dot_ref(uint32_t type, const uint8_t *w, const uint8_t *qa, int n_in);
+size_t ia_qpack_block_bytes(uint32_t type);
+/* The integer kernel of the selected family, or NULL when the family has none. */
+const ia_q8_kernel *ia_q8_kernel_get(void);
+#if defined(__x86_64__)
+extern const ia_q8_kernel ia_q8_kernel_avx512;
+#endif
+
+/* The 12 scale bytes of a Q4_K block hold 8 six-bit scales and 8 six-bit mins: sub-blocks 0-3 in
+ * the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 put their low 4 bits in
+ * bytes 8-11 and their top 2 bits in the spare top bits of bytes 0-7. */
+static inline void ia_q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
 
 #endif

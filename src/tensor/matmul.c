@@ -8,6 +8,7 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 #include "kernels.h"
+#include "pool.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -152,69 +153,168 @@ static void prefetch_chunk(const uint8_t *W, size_t rs, const ia_type_traits *tt
         for (size_t off = a; off < e; off += 64) __builtin_prefetch(W + (size_t)(o0 + r) * rs + off, 0, 3);
 }
 
-void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
-               int n_out) {
+/* One call's arguments, shared by the threads. */
+typedef struct mm_job {
+    float *Y;
+    const float *X;
+    const uint8_t *W;
+    uint32_t wtype;
+    int n_tok, n_in, n_out, n_blk, chunk;
+    size_t rs;
+    const ia_type_traits *tt;
+    const ia_mm_kernel *kern;
+    bool fused, is_f32;
+    _Atomic int next;             /* next block to hand out */
+} mm_job;
+
+/* Rows o0 .. o0 + IA_MM_ROWS - 1 (block b) for every token. */
+static void mm_block(const mm_job *j, int b, bool prefetch_next) {
+    const ia_mm_kernel *kern = j->kern;
+    const int n_in = j->n_in, n_out = j->n_out, n_tok = j->n_tok;
+    const size_t rs = j->rs;
+    float buf[IA_MM_ROWS][IA_MM_CHUNK] __attribute__((aligned(64)));
+    const float *w[IA_MM_ROWS];
+    const int o0 = b * IA_MM_ROWS;
+    const int nr = n_out - o0 < IA_MM_ROWS ? n_out - o0 : IA_MM_ROWS;
+    const uint8_t *rows[IA_MM_ROWS];
+    for (int r = 0; r < IA_MM_ROWS; r++) rows[r] = j->W + (size_t)(o0 + (r < nr ? r : nr - 1)) * rs;
+    const uint8_t *pf_rows[IA_MM_ROWS];
+    if (prefetch_next) {
+        const int o1 = o0 + IA_MM_ROWS, nr1 = n_out - o1 < IA_MM_ROWS ? n_out - o1 : IA_MM_ROWS;
+        for (int r = 0; r < IA_MM_ROWS; r++) pf_rows[r] = j->W + (size_t)(o1 + (r < nr1 ? r : nr1 - 1)) * rs;
+    }
+    for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
+        const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK;
+        if (j->fused) {
+            /* decoding: the kernel prefetches the next block's rows as it goes (issued all at once
+             * here, one block ahead, the prefetches of a chunk arrived too late: F32 decode ran at a
+             * third of the bandwidth) */
+            kern->dot_fused(j->wtype, rows, k0, len, j->X + k0, n_in, n_tok, j->Y + o0, n_out, nr, k0 > 0,
+                            prefetch_next ? pf_rows : NULL);
+            continue;
+        }
+        /* batches: the same chunk of the next block's rows (each weight is reused by every token,
+         * so the burst is hidden) */
+        if (prefetch_next) {
+            const int nr1 = n_out - o0 - IA_MM_ROWS < IA_MM_ROWS ? n_out - o0 - IA_MM_ROWS : IA_MM_ROWS;
+            prefetch_chunk(j->W, rs, j->tt, o0 + IA_MM_ROWS, nr1, k0, len);
+        }
+        if (!j->is_f32 && kern->dequant_rows) {
+            kern->dequant_rows(j->wtype, rows, k0, len, buf);
+            for (int r = 0; r < IA_MM_ROWS; r++) w[r] = buf[r];
+            kern->dot(w, len, j->X + k0, n_in, n_tok, j->Y + o0, n_out, nr, k0 > 0);
+            continue;
+        }
+        for (int r = 0; r < IA_MM_ROWS; r++) {
+            if (r >= nr) { w[r] = w[nr - 1]; continue; }
+            const uint8_t *row = rows[r];
+            if (j->is_f32 && n_tok <= IA_MM_FUSED_MAX_TOK) {
+                w[r] = (const float *)row + k0; /* f32 rows read once are used in place */
+            } else if (j->is_f32) { /* read n_tok/2 times: a contiguous copy stays in L1 */
+                memcpy(buf[r], (const float *)row + k0, (size_t)len * sizeof(float));
+                w[r] = buf[r];
+            } else {
+                kern->dequant(j->wtype, row, k0, len, buf[r]);
+                w[r] = buf[r];
+            }
+        }
+        kern->dot(w, len, j->X + k0, n_in, n_tok, j->Y + o0, n_out, nr, k0 > 0);
+    }
+}
+
+/* Blocks are handed out in runs of `chunk` from a shared counter: a thread slowed down by another
+ * process on its core takes fewer, instead of holding everyone at the end. Which thread computes a
+ * block never changes its bits. */
+static void mm_worker(void *ctx, int tid, int nth) {
+    mm_job *j = ctx;
+    (void)tid;
+    if (nth == 1) {
+        for (int b = 0; b < j->n_blk; b++) mm_block(j, b, b + 1 < j->n_blk);
+        return;
+    }
+    for (;;) {
+        const int b0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed);
+        if (b0 >= j->n_blk) break;
+        const int b1 = b0 + j->chunk < j->n_blk ? b0 + j->chunk : j->n_blk;
+        for (int b = b0; b < b1; b++) mm_block(j, b, b + 1 < b1);
+    }
+}
+
+static void mm_job_init(mm_job *j, float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
+                        int n_out) {
     const ia_type_traits *tt = ia_type_traits_get(wtype);
     IA_ASSERT(tt && tt->supported && n_in % tt->blck_size == 0 && n_tok >= 0 && n_out >= 0);
+    *j = (mm_job){.Y = Y, .X = X, .W = W, .wtype = wtype, .n_tok = n_tok, .n_in = n_in, .n_out = n_out,
+                  .rs = ia_type_row_size(wtype, n_in), .tt = tt, .kern = kernel_get()};
+    j->n_blk = (n_out + IA_MM_ROWS - 1) / IA_MM_ROWS;
+    j->is_f32 = wtype == IA_TYPE_F32;
+    j->fused = j->kern->dot_fused && n_tok <= IA_MM_FUSED_MAX_TOK;
+    atomic_init(&j->next, 0);
+}
+
+void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
+               int n_out) {
+    mm_job j;
+    mm_job_init(&j, Y, X, W, wtype, n_tok, n_in, n_out);
     if (n_tok == 0 || n_out == 0) return;
     if (n_in == 0) {
         memset(Y, 0, (size_t)n_tok * n_out * sizeof(float));
         return;
     }
-    const ia_mm_kernel *kern = kernel_get();
-    const size_t rs = ia_type_row_size(wtype, n_in);
-    const int n_blk = (n_out + IA_MM_ROWS - 1) / IA_MM_ROWS;
-    const bool is_f32 = wtype == IA_TYPE_F32;
-    const bool fused = !is_f32 && kern->dot_fused && n_tok <= IA_MM_FUSED_MAX_TOK;
     /* threads only pay off past a few hundred thousand multiply-adds; the split never changes the
      * result, since every (t, o) is computed whole by one thread with the same code */
-    const bool par = n_blk > 1 && (double)n_tok * n_in * n_out > 2e5;
-    (void)par; /* unused in builds without OpenMP */
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (par)
-#endif
-    for (int b = 0; b < n_blk; b++) {
-        float buf[IA_MM_ROWS][IA_MM_CHUNK] __attribute__((aligned(64)));
-        const float *w[IA_MM_ROWS];
-        const int o0 = b * IA_MM_ROWS;
-        const int nr = n_out - o0 < IA_MM_ROWS ? n_out - o0 : IA_MM_ROWS;
-        const uint8_t *rows[IA_MM_ROWS];
-        for (int r = 0; r < IA_MM_ROWS; r++) rows[r] = (const uint8_t *)W + (size_t)(o0 + (r < nr ? r : nr - 1)) * rs;
-        for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
-            const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK;
-            /* the next chunk of these rows, or the first chunk of the next block (with a static
-             * schedule a thread's blocks are consecutive) */
-            if (k0 + IA_MM_CHUNK < n_in) {
-                const int nl = n_in - k0 - IA_MM_CHUNK < IA_MM_CHUNK ? n_in - k0 - IA_MM_CHUNK : IA_MM_CHUNK;
-                prefetch_chunk(W, rs, tt, o0, nr, k0 + IA_MM_CHUNK, nl);
-            } else if (b + 1 < n_blk) {
-                const int nr1 = n_out - o0 - IA_MM_ROWS < IA_MM_ROWS ? n_out - o0 - IA_MM_ROWS : IA_MM_ROWS;
-                prefetch_chunk(W, rs, tt, o0 + IA_MM_ROWS, nr1, 0, n_in < IA_MM_CHUNK ? n_in : IA_MM_CHUNK);
-            }
-            if (fused) {
-                kern->dot_fused(wtype, rows, k0, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
-                continue;
-            }
-            if (!is_f32 && kern->dequant_rows) {
-                kern->dequant_rows(wtype, rows, k0, len, buf);
-                for (int r = 0; r < IA_MM_ROWS; r++) w[r] = buf[r];
-                kern->dot(w, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
-                continue;
-            }
-            for (int r = 0; r < IA_MM_ROWS; r++) {
-                if (r >= nr) { w[r] = w[nr - 1]; continue; }
-                const uint8_t *row = rows[r];
-                if (is_f32 && n_tok <= IA_MM_FUSED_MAX_TOK) {
-                    w[r] = (const float *)row + k0; /* f32 rows read once are used in place */
-                } else if (is_f32) { /* read n_tok/2 times: a contiguous copy stays in L1 */
-                    memcpy(buf[r], (const float *)row + k0, (size_t)len * sizeof(float));
-                    w[r] = buf[r];
-                } else {
-                    kern->dequant(wtype, row, k0, len, buf[r]);
-                    w[r] = buf[r];
-                }
-            }
-            kern->dot(w, len, X + k0, n_in, n_tok, Y + o0, n_out, nr, k0 > 0);
+    int nth = j.n_blk > 1 && (double)n_tok * n_in * n_out > 2e5 ? ia_pool_threads() : 1;
+    if (nth > j.n_blk) nth = j.n_blk;
+    j.chunk = nth > 1 ? (j.n_blk + 8 * nth - 1) / (8 * nth) : j.n_blk;
+    ia_pool_run(nth, mm_worker, &j);
+}
+
+/* Several matrices against one X in one parallel step (the q/k/v and gate/up projections): the blocks
+ * of all of them form one list; each block is computed exactly as ia_matmul computes it. */
+typedef struct mm_multi {
+    mm_job job[8];
+    int n, start[9], chunk;
+    _Atomic int next;
+} mm_multi;
+
+static void mm_multi_worker(void *ctx, int tid, int nth) {
+    mm_multi *m = ctx;
+    (void)tid, (void)nth;
+    const int total = m->start[m->n];
+    for (;;) {
+        const int b0 = atomic_fetch_add_explicit(&m->next, m->chunk, memory_order_relaxed);
+        if (b0 >= total) break;
+        const int b1 = b0 + m->chunk < total ? b0 + m->chunk : total;
+        int ti = 0;
+        for (int b = b0; b < b1; b++) {
+            while (b >= m->start[ti + 1]) ti++;
+            mm_block(&m->job[ti], b - m->start[ti], b + 1 < b1 && b + 1 < m->start[ti + 1]);
         }
     }
+}
+
+void ia_matmul_exact_multi(const float *X, int n_tok, int n_in, const ia_mm_task *tasks, int n_tasks) {
+    IA_ASSERT(n_tasks >= 0 && n_tasks <= 8);
+    if (n_tok <= 0) return;
+    mm_multi m = {.n = 0};
+    double work = 0;
+    for (int i = 0; i < n_tasks; i++) {
+        const ia_mm_task *t = &tasks[i];
+        if (t->n_out <= 0) continue;
+        if (n_in == 0) {
+            memset(t->Y, 0, (size_t)n_tok * t->n_out * sizeof(float));
+            continue;
+        }
+        mm_job_init(&m.job[m.n], t->Y, X, t->W, t->wtype, n_tok, n_in, t->n_out);
+        m.start[m.n + 1] = m.start[m.n] + m.job[m.n].n_blk;
+        work += (double)n_tok * n_in * t->n_out;
+        m.n++;
+    }
+    if (m.n == 0) return;
+    const int total = m.start[m.n];
+    int nth = total > 1 && work > 2e5 ? ia_pool_threads() : 1;
+    if (nth > total) nth = total;
+    m.chunk = nth > 1 ? (total + 8 * nth - 1) / (8 * nth) : total;
+    atomic_init(&m.next, 0);
+    ia_pool_run(nth, mm_multi_worker, &m);
 }

@@ -33,6 +33,13 @@ T256 static INLINE __m256 hi_i8(__m128i v) { return lo_i8(_mm_srli_si128(v, 8));
 T256 static INLINE __m256 lo_u8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 T256 static INLINE __m256 hi_u8(__m128i v) { return lo_u8(_mm_srli_si128(v, 8)); }
 
+T256 static INLINE void dec_f32(const uint8_t *row, int64_t k, const float *aux, __m256 *v) {
+    (void)aux;
+    const float *f = (const float *)row + k;
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(f + 8 * j);
+}
+
 T256 static INLINE void dec_f16(const uint8_t *row, int64_t k, const float *aux, __m256 *v) {
     (void)aux;
     const uint16_t *h = (const uint16_t *)row + k;
@@ -156,6 +163,7 @@ typedef void (*dec_fn)(const uint8_t *row, int64_t k, const float *aux, __m256 *
 
 /* decoder pairs per type (prep is NULL where a block carries a single scale) */
 #define DECODERS(X)                                                                                \
+    X(IA_TYPE_F32, NULL, dec_f32)                                                                  \
     X(IA_TYPE_F16, NULL, dec_f16)                                                                  \
     X(IA_TYPE_BF16, NULL, dec_bf16)                                                                \
     X(IA_TYPE_Q8_0, NULL, dec_q8_0)                                                                \
@@ -319,7 +327,7 @@ T256 static void dot_avx2(const float *const *w, int len, const float *X, int64_
 T256 static INLINE void fused_tile(prep_fn prep, dec_fn dec, const int NT, const int RG,
                                    const uint8_t *const *rows, int64_t k0, int len, const float (*rest)[G],
                                    const float *x0, const float *x1, float *y0, float *y1, int nr,
-                                   bool accumulate) {
+                                   bool accumulate, const uint8_t *const *pf, size_t ts, int64_t bs) {
     const int ng = len / G, nrest = len - G * ng, nv = nrest & ~7;
     const __m256i tail = tail_mask(nrest - nv);
     __m256 a0[8], a1[4];
@@ -330,6 +338,13 @@ T256 static INLINE void fused_tile(prep_fn prep, dec_fn dec, const int NT, const
     float aux[8][16] __attribute__((aligned(32)));
     for (int g = 0; g < ng; g++) {
         const int64_t k = k0 + (int64_t)G * g;
+        /* decoding reads each weight once: fetch the same 64 values of the next block's rows, one
+         * block (several KiB) ahead, spread over the steps rather than in one burst */
+        if (pf) {
+            const size_t o0 = (size_t)k * ts / (size_t)bs, o1 = (size_t)(k + G) * ts / (size_t)bs;
+            for (int r = 0; r < IA_MM_ROWS; r++)
+                for (size_t o = o0 & ~(size_t)63; o < o1; o += 64) _mm_prefetch((const char *)pf[r] + o, _MM_HINT_T0);
+        }
         if (prep && k % IA_QK_K == 0)
             for (int r = 0; r < RG; r++) prep(rows[r], k, aux[r]);
         const float *xg0 = x0 + G * g, *xg1 = x1 + G * g;
@@ -371,7 +386,8 @@ T256 static INLINE void fused_tile(prep_fn prep, dec_fn dec, const int NT, const
 
 T256 static INLINE void fused_with(prep_fn prep, dec_fn dec, uint32_t type, const uint8_t *const *rows,
                                    int64_t k0, int len, const float *X, int64_t ldx, int n_tok, float *Y,
-                                   int64_t ldy, int nr, bool accumulate) {
+                                   int64_t ldy, int nr, bool accumulate, const uint8_t *const *pf) {
+    const ia_type_traits *tt = ia_type_traits_get(type);
     float rest[IA_MM_ROWS][G] __attribute__((aligned(32)));
     const int ng = len / G;
     if (len > G * ng)
@@ -381,17 +397,17 @@ T256 static INLINE void fused_with(prep_fn prep, dec_fn dec, uint32_t type, cons
     for (; t + 2 <= n_tok; t += 2)
         for (int r0 = 0; r0 < nr; r0 += 4)
             fused_tile(prep, dec, 2, 4, rows + r0, k0, len, (const float(*)[G])rest + r0, X + t * ldx,
-                       X + (t + 1) * ldx, Y + t * ldy + r0, Y + (t + 1) * ldy + r0, nr - r0, accumulate);
+                       X + (t + 1) * ldx, Y + t * ldy + r0, Y + (t + 1) * ldy + r0, nr - r0, accumulate, r0 == 0 ? pf : NULL, tt->type_size, tt->blck_size);
     if (t < n_tok)
         fused_tile(prep, dec, 1, 8, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + t * ldx,
-                   Y + t * ldy, Y + t * ldy, nr, accumulate);
+                   Y + t * ldy, Y + t * ldy, nr, accumulate, pf, tt->type_size, tt->blck_size);
 }
 
 T256 static void dot_fused_avx2(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
                                 const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr,
-                                bool accumulate) {
+                                bool accumulate, const uint8_t *const *pf) {
     switch (type) {
-#define CASE(T, P, D) case T: fused_with(P, D, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+#define CASE(T, P, D) case T: fused_with(P, D, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate, pf); break;
     DECODERS(CASE)
 #undef CASE
     default: IA_ASSERT(!"dot_fused: type without a decoder");

@@ -30,6 +30,13 @@ T512 static INLINE __m512 cvt_u8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_c
 T512 static INLINE __m512 cvt_i8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
 T512 static INLINE __m128i load16(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
+T512 static INLINE void dec_f32(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
+    (void)aux;
+    const float *f = (const float *)row + k;
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) v[j] = _mm512_loadu_ps(f + 16 * j);
+}
+
 T512 static INLINE void dec_f16(const uint8_t *row, int64_t k, const float *aux, __m512 *v) {
     (void)aux;
     const uint16_t *h = (const uint16_t *)row + k;
@@ -170,6 +177,7 @@ T512 static INLINE void dequant_with(prep_fn prep, dec_fn dec, uint32_t type, co
 
 /* decoder pairs per type (prep is NULL where a block carries a single scale) */
 #define DECODERS(X)                                                                                \
+    X(IA_TYPE_F32, NULL, dec_f32)                                                                  \
     X(IA_TYPE_F16, NULL, dec_f16)                                                                  \
     X(IA_TYPE_BF16, NULL, dec_bf16)                                                                \
     X(IA_TYPE_Q8_0, NULL, dec_q8_0)                                                                \
@@ -239,6 +247,39 @@ T512 static INLINE void store_sum(float *y, __m512 acc, bool accumulate) {
     *y = accumulate ? *y + s : s;
 }
 
+/* The 16 sums of a0[0..7] and a1[0..7] at once: a transpose-and-add network (4 stages of shuffles and
+ * adds for all 16 instead of 4 per accumulator: a fifth of the prefill matmul time went to hsum512).
+ * Each sum is added in exactly hsum512's tree, ((v[l] + v[l+8]) + (v[l+4] + v[l+12])) then +2, +1,
+ * so results are bit-identical to store_sum. The network leaves the sum of its input k in lane
+ * 4 (k % 4) + k / 4; inputs are ordered so lane i holds accumulator i (a0 rows, then a1 rows). */
+T512 static INLINE void store_sums16(float *y0, float *y1, const __m512 *a0, const __m512 *a1, int nr, bool accumulate) {
+    __m512 v[16];
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) {
+        const int i = 4 * (k % 4) + k / 4;
+        v[k] = i < 8 ? a0[i] : a1[i - 8];
+    }
+    __m512 a[8], b[4], c[2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+    const __mmask8 m = (__mmask8)((1u << nr) - 1u);
+    __m256 s0 = _mm512_castps512_ps256(s), s1 = _mm512_extractf32x8_ps(s, 1);
+    if (accumulate) {
+        s0 = _mm256_add_ps(_mm256_maskz_loadu_ps(m, y0), s0);
+        s1 = _mm256_add_ps(_mm256_maskz_loadu_ps(m, y1), s1);
+    }
+    _mm256_mask_storeu_ps(y0, m, s0);
+    _mm256_mask_storeu_ps(y1, m, s1);
+}
+
 /* One accumulator of 16 lanes per (t, r): lane l sums elements k = l mod 16 in increasing k; the
  * last partial vector is a masked load, so the sequence of operations for a (t, r) is fixed by len
  * alone. Two activation rows share each weight load when n_tok allows; that only interleaves
@@ -272,10 +313,7 @@ T512 static void dot_avx512(const float *const *w, int len, const float *X, int6
                 a1[r] = _mm512_fmadd_ps(wv, v1, a1[r]);
             }
         }
-        for (int r = 0; r < nr; r++) {
-            store_sum(Y + t * ldy + r, a0[r], accumulate);
-            store_sum(Y + (t + 1) * ldy + r, a1[r], accumulate);
-        }
+        store_sums16(Y + t * ldy, Y + (t + 1) * ldy, a0, a1, nr, accumulate);
     }
     for (; t < n_tok; t++) {
         const float *x0 = X + t * ldx;
@@ -304,7 +342,8 @@ T512 static void dot_avx512(const float *const *w, int len, const float *X, int6
  * result does not depend on which path ran. */
 T512 static INLINE void fused_tile(prep_fn prep, dec_fn dec, const int NT, const uint8_t *const *rows, int64_t k0,
                                    int len, const float (*rest)[G], const float *x0, const float *x1,
-                                   float *y0, float *y1, int nr, bool accumulate) {
+                                   float *y0, float *y1, int nr, bool accumulate, const uint8_t *const *pf,
+                                   size_t ts, int64_t bs) {
     enum { R = IA_MM_ROWS };
     const int ng = len / G, nrest = len - G * ng, nv = nrest & ~15;
     const __mmask16 tail = (__mmask16)((1u << (nrest - nv)) - 1u);
@@ -314,6 +353,13 @@ T512 static INLINE void fused_tile(prep_fn prep, dec_fn dec, const int NT, const
     float aux[R][16] __attribute__((aligned(64)));
     for (int g = 0; g < ng; g++) {
         const int64_t k = k0 + (int64_t)G * g;
+        /* decoding reads each weight once: fetch the same 64 values of the next block's rows, one
+         * block (several KiB) ahead, spread over the steps rather than in one burst */
+        if (pf) {
+            const size_t o0 = (size_t)k * ts / (size_t)bs, o1 = (size_t)(k + G) * ts / (size_t)bs;
+            for (int r = 0; r < IA_MM_ROWS; r++)
+                for (size_t o = o0 & ~(size_t)63; o < o1; o += 64) _mm_prefetch((const char *)pf[r] + o, _MM_HINT_T0);
+        }
         if (prep && k % IA_QK_K == 0)
             for (int r = 0; r < R; r++) prep(rows[r], k, aux[r]);
         /* activations are loaded next to each FMA (an array of them here made GCC emit memcpy) */
@@ -359,7 +405,8 @@ T512 static INLINE void fused_tile(prep_fn prep, dec_fn dec, const int NT, const
 
 T512 static INLINE void fused_with(prep_fn prep, dec_fn dec, uint32_t type, const uint8_t *const *rows, int64_t k0,
                                    int len, const float *X, int64_t ldx, int n_tok, float *Y,
-                                   int64_t ldy, int nr, bool accumulate) {
+                                   int64_t ldy, int nr, bool accumulate, const uint8_t *const *pf) {
+    const ia_type_traits *tt = ia_type_traits_get(type);
     float rest[IA_MM_ROWS][G] __attribute__((aligned(64)));
     const int ng = len / G;
     if (len > G * ng)
@@ -368,17 +415,17 @@ T512 static INLINE void fused_with(prep_fn prep, dec_fn dec, uint32_t type, cons
     int t = 0;
     for (; t + 2 <= n_tok; t += 2)
         fused_tile(prep, dec, 2, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + (t + 1) * ldx,
-                   Y + t * ldy, Y + (t + 1) * ldy, nr, accumulate);
+                   Y + t * ldy, Y + (t + 1) * ldy, nr, accumulate, pf, tt->type_size, tt->blck_size);
     if (t < n_tok)
         fused_tile(prep, dec, 1, rows, k0, len, (const float(*)[G])rest, X + t * ldx, X + t * ldx, Y + t * ldy,
-                   Y + t * ldy, nr, accumulate);
+                   Y + t * ldy, nr, accumulate, pf, tt->type_size, tt->blck_size);
 }
 
 T512 static void dot_fused_avx512(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
                                   const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy, int nr,
-                                  bool accumulate) {
+                                  bool accumulate, const uint8_t *const *pf) {
     switch (type) {
-#define CASE(T, P, D) case T: fused_with(P, D, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate); break;
+#define CASE(T, P, D) case T: fused_with(P, D, type, rows, k0, len, X, ldx, n_tok, Y, ldy, nr, accumulate, pf); break;
     DECODERS(CASE)
 #undef CASE
     default: IA_ASSERT(!"dot_fused: type without a decoder");

@@ -87,4 +87,68 @@ bool ia_kernel_force(const char *name);
 /* ia_dequantize_row through the selected family's SIMD dequantiser: the same bits, faster. */
 void ia_dequantize_row_fast(uint32_t type, const void *src, float *dst, int64_t n);
 
+/* ---- inference matmuls ------------------------------------------------------------------------- */
+
+/* Precision of the inference matmuls (ia_matmul_infer / ia_matmul_multi) for Q8_0, Q4_0 and Q4_K
+ * weights. FAST (the default): activations are quantised to int8 per 32 values (scale max|x|/127,
+ * as llama.cpp does) and the block dot products are exact integer sums: ~0.3% relative error per
+ * product vs f32 activations, several times less arithmetic. EXACT: f32 activations (ia_matmul). The
+ * environment variable IA_PRECISION=exact|fast sets the starting value. Other weight types and
+ * ia_matmul itself are always f32. */
+enum { IA_PREC_FAST = 0, IA_PREC_EXACT = 1 };
+int ia_get_precision(void);
+void ia_set_precision(int prec);
+/* Whether Q8_0/Q4_0/Q4_K have an integer path. */
+bool ia_q8_type(uint32_t wtype);
+/* Whether ia_matmul_infer on this weight type uses int8 activations now (FAST, and the selected
+ * kernel family has an integer kernel: scalar (the reference) and avx512 with VNNI). */
+bool ia_matmul_uses_q8(uint32_t wtype);
+
+/* Y = X·Wᵀ for the forward pass: ia_matmul, or in FAST precision the integer path. Every kernel
+ * family's integer path gives the same bits as the scalar reference; batch- and thread-invariant. */
+void ia_matmul_infer(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in, int n_out);
+/* Several matrices against the same X (q, k and v; gate and up) in one parallel step, X quantised
+ * once. Each Y equals its own ia_matmul_infer call. At most 8 tasks. */
+typedef struct ia_mm_task {
+    float *Y;               /* [n_tok][n_out] */
+    const void *W;          /* n_out rows of n_in of wtype */
+    uint32_t wtype;
+    int n_out;
+} ia_mm_task;
+void ia_matmul_multi(const float *X, int n_tok, int n_in, const ia_mm_task *tasks, int n_tasks);
+/* ia_matmul of each task (f32 activations whatever the precision), in one parallel step. */
+void ia_matmul_exact_multi(const float *X, int n_tok, int n_in, const ia_mm_task *tasks, int n_tasks);
+
+/* Weights the SIMD integer kernels will read get a repacked copy (16-row panels), made once: models
+ * call ia_qpack_add for each matrix at load and ia_qpack_remove at free (counted: the same W added
+ * twice needs two removes). A no-op for other types or where the kernel reads GGUF rows directly.
+ * Returns IA_OK or IA_ERR_NOMEM. */
+int ia_qpack_add(const void *W, uint32_t type, int n_in, int n_out);
+void ia_qpack_remove(const void *W);
+size_t ia_qpack_bytes(void); /* bytes of packed copies held */
+
+/* Causal multi-head attention (grouped-query) over a KV cache laid out [slot][layer][pos][Hkv*D]:
+ * for each token t and head h, out[t][h] = softmax(scale * q[t][h] · K[0..pos[t]]) · V[0..pos[t]],
+ * K and V of the token's slot and of kv head h / (H / Hkv). Multi-threaded; each (t, h) depends only
+ * on its own inputs (batch- and thread-invariant). scratch holds n_scratch rows of n_ctx floats
+ * (one per thread: at most n_scratch threads run). */
+typedef struct ia_attn {
+    float *out;                     /* [n_tok][H*D] */
+    const float *q;                 /* [n_tok][H*D], rotated */
+    const float *k_cache, *v_cache; /* [S][n_layer][n_ctx][Hkv*D] */
+    const int32_t *pos, *slot;      /* [n_tok] */
+    int n_tok, n_head, n_head_kv, head_dim, n_layer, layer, n_ctx;
+    float scale;
+    float *scratch;
+    int n_scratch;
+} ia_attn;
+void ia_attention(const ia_attn *a);
+/* The plain C reference (what IA_KERNEL=scalar runs). */
+void ia_attention_ref(const ia_attn *a);
+
+/* log(sum_i exp(x_i)) over n logits (log p_i = x_i - this): a vectorised exp (within 2 ulp of expf),
+ * the sum in double. The reference: expf in a plain loop. */
+double ia_logsumexp(const float *x, int n);
+double ia_logsumexp_ref(const float *x, int n);
+
 #endif /* IA_TENSOR_H */

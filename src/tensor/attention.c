@@ -1,0 +1,329 @@
+/* attention.c — causal multi-head attention over the KV cache (GQA): the plain reference and the
+ * AVX-512 kernel (scores 16 positions at a time, a vectorised exp, V accumulated in registers), run on
+ * the tensor thread pool; and log-sum-exp over a row of logits (scoring). Each (token, head) is computed whole by one thread in an order fixed by its
+ * position alone, so results do not depend on the batch or the thread count. */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+#include "kernels.h"
+#include "pool.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* ---- reference ---------------------------------------------------------------------------- */
+
+/* Dot product with eight interleaved partial sums (i mod 8). */
+static inline float dot8(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int nv = n & ~7;
+    for (int k = 0; k < nv; k += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[k + l] * b[k + l];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int k = nv; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+/* One (token t, head h): softmax(q·K^T * scale) · V over positions 0..pos[t] of the token's slot. */
+static void attn_one_ref(const ia_attn *a, int t, int h, float *sc) {
+    const int D = a->head_dim, KV = a->n_head_kv * D, group = a->n_head / a->n_head_kv;
+    const float *qh = a->q + (size_t)t * a->n_head * D + (size_t)h * D;
+    const int pos = a->pos[t];
+    const size_t base = ((size_t)a->slot[t] * a->n_layer + a->layer) * a->n_ctx * (size_t)KV + (size_t)(h / group) * D;
+    float mx = -INFINITY;
+    for (int p = 0; p <= pos; p++) {
+        float s = dot8(qh, a->k_cache + base + (size_t)p * KV, D) * a->scale;
+        sc[p] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0;
+    for (int p = 0; p <= pos; p++) {
+        sc[p] = expf(sc[p] - mx);
+        sum += sc[p];
+    }
+    const float inv = 1.0f / sum;
+    float *o = a->out + (size_t)t * a->n_head * D + (size_t)h * D;
+    for (int d = 0; d < D; d++) o[d] = 0;
+    for (int p = 0; p <= pos; p++) {
+        const float *vp = a->v_cache + base + (size_t)p * KV;
+        const float w = sc[p] * inv;
+        for (int d = 0; d < D; d++) o[d] += w * vp[d];
+    }
+}
+
+typedef void (*attn_one_fn)(const ia_attn *a, int t, int h, float *sc);
+
+typedef struct attn_job {
+    const ia_attn *a;
+    attn_one_fn one;
+    _Atomic int next;
+    int n_work;
+} attn_job;
+
+static void attn_worker(void *ctx, int tid, int nth) {
+    attn_job *j = ctx;
+    const ia_attn *a = j->a;
+    float *sc = a->scratch + (size_t)tid * a->n_ctx;
+    (void)nth;
+    for (;;) {
+        const int w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (w >= j->n_work) break;
+        j->one(a, w / a->n_head, w % a->n_head, sc);
+    }
+}
+
+static void attn_run(const ia_attn *a, attn_one_fn one) {
+    attn_job j = {.a = a, .one = one, .n_work = a->n_tok * a->n_head};
+    atomic_init(&j.next, 0);
+    int nth = ia_pool_threads();
+    if (nth > a->n_scratch) nth = a->n_scratch;
+    if (nth > j.n_work) nth = j.n_work;
+    if (nth < 1) nth = 1;
+    ia_pool_run(nth, attn_worker, &j);
+}
+
+void ia_attention_ref(const ia_attn *a) { attn_run(a, attn_one_ref); }
+
+/* ---- AVX-512 ------------------------------------------------------------------------------- */
+
+#if defined(__x86_64__)
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define INLINE __attribute__((always_inline)) inline
+
+/* exp(x) for x <= 0 (scores minus their maximum): 2^n · p(r), x = n·ln2 + r, |r| <= ln2/2, a degree-6
+ * polynomial (Cephes expf's coefficients): within 2 ulp of expf; below -87.3 it is 0. */
+T512 static INLINE __m512 exp512(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512 e = _mm512_scalef_ps(p, n);
+    return _mm512_mask_mov_ps(e, under, _mm512_setzero_ps());
+}
+
+/* Sum of each of 16 vectors, result lane i = sum of v[i]'s lanes (a transpose-and-add network whose
+ * shape is the same for every i). */
+T512 static INLINE __m512 hsum16(__m512 *v) {
+    /* stage 1: 8 vectors, each pairing v[2i] and v[2i+1]: lanes of halves added */
+    __m512 a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) {
+        const __m512 x = v[2 * i], y = v[2 * i + 1];
+        /* [x.lo256 | y.lo256] + [x.hi256 | y.hi256] */
+        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xEE));
+    }
+    /* a[i] = [x 8 lanes | y 8 lanes] partial sums; stage 2: 128-bit halves of each 256 */
+    for (int i = 0; i < 4; i++) {
+        const __m512 x = a[2 * i], y = a[2 * i + 1];
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD));
+    }
+    /* b[i] lanes (128-bit units): [v4i | v4i+2 | v4i+1 | v4i+3] x 4 partials; stage 3: 64-bit pairs */
+    for (int i = 0; i < 2; i++) {
+        const __m512 x = b[2 * i], y = b[2 * i + 1];
+        c[i] = _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x44), _mm512_shuffle_ps(x, y, 0xEE));
+    }
+    /* stage 4: adjacent lanes */
+    const __m512 x = c[0], y = c[1];
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x88), _mm512_shuffle_ps(x, y, 0xDD));
+    return s; /* lane 4q + j holds the sum of v[q + 4j]; callers permute with g_hperm */
+}
+
+/* The permutation hsum16 leaves its sums in, found once by feeding it unit vectors. */
+static int g_hperm[16];
+static _Atomic int g_hperm_ready;
+
+T512 static void hperm_init(void) {
+    __m512 v[16];
+    for (int i = 0; i < 16; i++) v[i] = _mm512_set1_ps((float)i / 16.0f); /* sum of lanes = i */
+    float out[16];
+    _mm512_storeu_ps(out, hsum16(v));
+    for (int l = 0; l < 16; l++) g_hperm[(int)lrintf(out[l])] = l; /* sum i sits in lane g_hperm[i] */
+    atomic_store(&g_hperm_ready, 1);
+}
+
+/* The kernels, for head dims 64 and 128 and for any other multiple of 16 (attention_kern.h). */
+#define ATT_UNROLL _Pragma("GCC unroll 16")
+#define ATT_NAME(x) x##_4
+#define ATT_NDMAX 4
+#define ATT_ND 4
+#include "attention_kern.h"
+#undef ATT_NAME
+#undef ATT_NDMAX
+#undef ATT_ND
+#define ATT_NAME(x) x##_8
+#define ATT_NDMAX 8
+#define ATT_ND 8
+#include "attention_kern.h"
+#undef ATT_NAME
+#undef ATT_NDMAX
+#undef ATT_ND
+#undef ATT_UNROLL
+#define ATT_UNROLL
+#define ATT_NAME(x) x##_x
+#define ATT_NDMAX 16
+#define ATT_ND nd_
+#include "attention_kern.h"
+#undef ATT_NAME
+#undef ATT_NDMAX
+#undef ATT_ND
+#undef ATT_UNROLL
+
+/* Head dims 64 and 128 get their own instances, so the accumulators live in registers (with a run-time
+ * count GCC kept them on the stack: a store-forwarding chain per FMA). Same operations either way. */
+T512 static void attn_one_avx512(const ia_attn *a, int t, int h, float *sc) {
+    const int nd = a->head_dim / 16;
+    if (nd == 4) attn_one_4(a, t, h, sc, 4);
+    else if (nd == 8) attn_one_8(a, t, h, sc, 8);
+    else attn_one_x(a, t, h, sc, nd);
+}
+
+T512 static void attn_group_avx512(const ia_attn *a, int t, int h0, int nh, float *sc) {
+    const int nd = a->head_dim / 16;
+    if (nd == 4) attn_group_4(a, t, h0, nh, sc, 4);
+    else if (nd == 8) attn_group_8(a, t, h0, nh, sc, 8);
+    else attn_group_x(a, t, h0, nh, sc, nd);
+}
+
+/* 16 lanes of exp(x - mx) summed in double (two halves), over n values; lanes are added in a fixed
+ * order. */
+T512 static double lse_sum_avx512(const float *x, int n, float mx) {
+    const __m512 vm = _mm512_set1_ps(mx);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm)));
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+    }
+    double l[16];
+    _mm512_storeu_pd(l, s0);
+    _mm512_storeu_pd(l + 8, s1);
+    double s = 0;
+    for (int k = 0; k < 16; k++) s += l[k];
+    return s;
+}
+
+T512 static float max_avx512(const float *x, int n) {
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+    float r = _mm512_reduce_max_ps(m);
+    for (; i < n; i++) r = x[i] > r ? x[i] : r;
+    return r;
+}
+#endif
+
+double ia_logsumexp_ref(const float *x, int n) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (double)expf(x[i] - mx);
+    return (double)mx + log(s);
+}
+
+double ia_logsumexp(const float *x, int n) {
+#if defined(__x86_64__)
+    if (n > 0 && strcmp(ia_cpu_kernel_name(), "avx512") == 0) {
+        const float mx = max_avx512(x, n);
+        if (!isfinite(mx)) return ia_logsumexp_ref(x, n);
+        return (double)mx + log(lse_sum_avx512(x, n, mx));
+    }
+#endif
+    return ia_logsumexp_ref(x, n);
+}
+
+#if defined(__x86_64__)
+/* Per-thread score rows for the grouped kernel: grown on first need (no allocation once warm). */
+static pthread_key_t sc_key;
+static pthread_once_t sc_once = PTHREAD_ONCE_INIT;
+typedef struct sc_buf { float *p; size_t cap; } sc_buf;
+static void sc_free(void *v) {
+    sc_buf *b = v;
+    if (b) ia_free(b->p);
+    ia_free(b);
+}
+static void sc_key_init(void) { pthread_key_create(&sc_key, sc_free); }
+static float *sc_get(size_t n) {
+    pthread_once(&sc_once, sc_key_init);
+    sc_buf *b = pthread_getspecific(sc_key);
+    if (!b) {
+        if (!(b = ia_calloc(1, sizeof *b))) return NULL;
+        pthread_setspecific(sc_key, b);
+    }
+    if (b->cap < n) {
+        float *p = ia_malloc(n * sizeof(float));
+        if (!p) return NULL;
+        ia_free(b->p);
+        b->p = p;
+        b->cap = n;
+    }
+    return b->p;
+}
+
+typedef struct grp_job {
+    const ia_attn *a;
+    _Atomic int next;
+    int n_work, group, per;   /* items: (token, KV head, head chunk of `per`) */
+} grp_job;
+
+static void grp_worker(void *ctx, int tid, int nth) {
+    grp_job *j = ctx;
+    const ia_attn *a = j->a;
+    (void)nth;
+    const int chunks = (j->group + j->per - 1) / j->per;
+    float *sc = sc_get((size_t)j->per * a->n_ctx);
+    for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->n_work;) {
+        const int t = w / (a->n_head_kv * chunks), r = w % (a->n_head_kv * chunks);
+        const int h0 = (r / chunks) * j->group + (r % chunks) * j->per;
+        const int nh = j->group - (r % chunks) * j->per < j->per ? j->group - (r % chunks) * j->per : j->per;
+        if (sc) attn_group_avx512(a, t, h0, nh, sc);
+        else /* out of memory for the group's scores: head by head in the caller's row (same bits) */
+            for (int h = h0; h < h0 + nh; h++) attn_one_avx512(a, t, h, a->scratch + (size_t)tid * a->n_ctx);
+    }
+}
+#endif
+
+void ia_attention(const ia_attn *a) {
+#if defined(__x86_64__)
+    if (a->head_dim % 16 == 0 && a->head_dim <= 256 && strcmp(ia_cpu_kernel_name(), "avx512") == 0) {
+        if (!atomic_load(&g_hperm_ready)) hperm_init();
+        const int group = a->n_head / a->n_head_kv;
+        if (a->n_tok == 1 || group == 1) { /* one token: a head per item keeps both threads busy */
+            attn_run(a, attn_one_avx512);
+            return;
+        }
+        grp_job j = {.a = a, .group = group, .per = group < 8 ? group : 8};
+        j.n_work = a->n_tok * a->n_head_kv * ((group + j.per - 1) / j.per);
+        atomic_init(&j.next, 0);
+        int nth = ia_pool_threads();
+        if (nth > j.n_work) nth = j.n_work;
+        if (nth > a->n_scratch) nth = a->n_scratch; /* the fallback uses a scratch row per thread */
+        if (nth < 1) nth = 1;
+        ia_pool_run(nth, grp_worker, &j);
+        return;
+    }
+#endif
+    ia_attention_ref(a);
+}
