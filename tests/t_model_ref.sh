@@ -50,6 +50,8 @@ export IA_PRECISION=exact
 # step of int8 rounding is 0.4% of a block's largest value). Using the neighbouring block's
 # activation scale (a planted bug in the reference kernel) lands at rel 0.56 .. 0.64.
 TOL_Q8=3e-2
+# FAST precision, BF16 weights: activations rounded to bf16 (half an ulp is 2^-8 relative).
+TOL_BF16=1e-2
 
 # check NAME MODEL CHUNK TOL [IDS]: C logits (decoded CHUNK tokens per batch) vs the reference
 check() {
@@ -77,6 +79,8 @@ for arch in llama qwen2; do
     check "$arch $type (batches of $chunk)" "$model" $chunk $TOL
     case $type in Q8_0|Q4_0|Q4_K)
       IA_PRECISION=fast check "$arch $type, fast precision (int8 activations; batches of $chunk)" "$model" $chunk $TOL_Q8 ;;
+    BF16)
+      IA_PRECISION=fast check "$arch $type, fast precision (bf16 activations where the CPU has AVX512_BF16; batches of $chunk)" "$model" $chunk $TOL_BF16 ;;
     esac
     rm -f "$model"
   done

@@ -797,7 +797,8 @@ static const mm_case q8_cases[] = {
     {IA_TYPE_Q8_0, 32, 1, 1},    {IA_TYPE_Q8_0, 96, 15, 67},  {IA_TYPE_Q8_0, 576, 31, 16}, {IA_TYPE_Q8_0, 1536, 9, 3},
     {IA_TYPE_Q8_0, 64, 33, 5},   {IA_TYPE_Q4_0, 64, 3, 2},    {IA_TYPE_Q4_0, 544, 25, 7},  {IA_TYPE_Q4_0, 1056, 12, 33},
     {IA_TYPE_Q4_0, 32, 17, 1},   {IA_TYPE_Q4_K, 256, 1, 1},   {IA_TYPE_Q4_K, 768, 17, 5},  {IA_TYPE_Q4_K, 1536, 40, 16},
-    {IA_TYPE_Q4_K, 512, 16, 4},  {IA_TYPE_Q4_K, 256, 33, 70},
+    {IA_TYPE_Q4_K, 512, 16, 4},  {IA_TYPE_Q4_K, 256, 33, 70},  {IA_TYPE_BF16, 32, 1, 1},   {IA_TYPE_BF16, 96, 15, 67},
+    {IA_TYPE_BF16, 576, 31, 16}, {IA_TYPE_BF16, 1536, 9, 3},   {IA_TYPE_BF16, 64, 33, 5},
 };
 #define N_Q8_CASES (int)(sizeof q8_cases / sizeof q8_cases[0])
 
@@ -837,6 +838,21 @@ static void test_qact_quantize(void **state) {
             ia_qact_quantize_ref(X + (size_t)t * NI, NI, a);
             qk->quantize(X + (size_t)t * NI, NI, b);
             if (memcmp(a, b, rb) != 0) fail_msg("%s quantiser differs from the reference (row %d)", qk->name, t);
+            if (qk->quantize_bf16) { /* bf16 activations: the reference's bytes, and round to nearest */
+                const size_t hb = ia_qact_row_bytes_bf16(NI);
+                uint8_t *ha = xmalloc(hb), *hk = xmalloc(hb);
+                memset(ha, 0, hb);
+                memset(hk, 0, hb);
+                ia_qact_bf16_ref(X + (size_t)t * NI, NI, ha);
+                qk->quantize_bf16(X + (size_t)t * NI, NI, hk);
+                if (memcmp(ha, hk, hb) != 0) fail_msg("%s bf16 activations differ from the reference (row %d)", qk->name, t);
+                for (int i = 0; i < NI; i++) {
+                    const float x = X[(size_t)t * NI + i], h = ia_bf16_to_fp32(((const uint16_t *)ha)[i]);
+                    if (fabsf(h - x) > 0x1p-8f * fabsf(x)) fail_msg("row %d [%d]: %a rounded to bf16 %a", t, i, (double)x, (double)h);
+                }
+                free(ha);
+                free(hk);
+            }
             const int8_t *q = (const int8_t *)a;
             const float *d = (const float *)(a + NI);
             for (int i = 0; i < NI; i++) {
@@ -874,7 +890,23 @@ static void test_matmul_q8(void **state) {
         /* the bound, from the quantised activations the reference used */
         const size_t rb = ia_qact_row_bytes(ni);
         uint8_t *qa = xmalloc(rb);
-        for (int t = 0; t < nt; t++) {
+        for (int t = 0; t < nt && mc->type == IA_TYPE_BF16; t++) {
+            /* bf16: each x_i within 2^-8 |x_i| (half an ulp), products exact, ~n/2 roundings of 2^-24 in the sums */
+            for (int o = 0; o < no; o++) {
+                ia_dequantize_row(mc->type, W + (size_t)o * ia_type_row_size(mc->type, ni), w, ni);
+                double ex = 0, ab = 0;
+                for (int i = 0; i < ni; i++) {
+                    ex += (double)w[i] * X[(size_t)t * ni + i];
+                    ab += fabs((double)w[i] * X[(size_t)t * ni + i]);
+                }
+                const double e = fabs((double)Yr[(size_t)t * no + o] - ex), bound = ab * (0x1p-8 + (ni / 2 + 4) * 0x1p-23);
+                if (!(e <= bound))
+                    fail_msg("BF16 %dx%d n_tok %d [%d][%d]: %g vs exact %g, error %g > bound %g", no, ni, nt, t, o,
+                             (double)Yr[(size_t)t * no + o], ex, e, bound);
+                if (bound > 0 && e / bound > worst) worst = e / bound;
+            }
+        }
+        for (int t = 0; t < nt && mc->type != IA_TYPE_BF16; t++) {
             ia_qact_quantize_ref(X + (size_t)t * ni, ni, qa);
             const float *dx = (const float *)(qa + ni);
             for (int o = 0; o < no; o++) {

@@ -49,7 +49,7 @@ static void bench_help(FILE *f) {
           "      --only LIST       subset of bw,pp,tg,batch,score,check (default all)\n"
           "      --check-tokens N  tokens compared with the reference kernels (default 8)\n"
           "      --tol X           allowed max|dlogit|/max|logit| vs the reference (default 1e-4; 5e-2 with\n"
-          "                        int8 activations, IA_PRECISION=fast on Q8_0/Q4_0/Q4_K weights)\n"
+          "                        int8 or bf16 activations, IA_PRECISION=fast on Q8_0/Q4_0/Q4_K/BF16)\n"
           "      --bw-mib N        bandwidth probe buffer (default 512)\n"
           "      --json FILE       append the results as one JSON object (a line) to FILE\n"
           "  -h, --help            this help\n",
@@ -525,7 +525,7 @@ static int bench_check(bres *R, brun *r, const bench_opts *o, const float *keep,
     const char *fam = ia_cpu_kernel_name();
     char fam_s[32];
     snprintf(fam_s, sizeof fam_s, "%s", fam);
-    /* int8 activations (fast precision, quantised weights) move logits by ~1e-2 of their range; f32
+    /* int8 or bf16 activations (fast precision, quantised or BF16 weights) move logits by ~1e-2 of their range; f32
      * paths differ from the reference by summation order only */
     const bool q8 = ia_matmul_uses_q8(r->m->layers[0].w_up.type) || ia_matmul_uses_q8(r->m->output.type);
     const double tol = o->tol > 0 ? o->tol : q8 ? 5e-2 : 1e-4;
@@ -564,7 +564,7 @@ static int bench_check(bres *R, brun *r, const bench_opts *o, const float *keep,
     add_fig(R, "check", j);
     if (!ok) R->all_ok = false;
     printf("  check vs scalar f32 reference (%d tokens%s): decode %.2e, batch %.2e (tol %.0e), argmax %d/%d, %d/%d  %s\n",
-           K, q8 ? ", int8 activations" : "", worst_dec, worst_pre, tol, agree_dec, K, agree_pre, K, ok ? "ok" : "FAILED");
+           K, q8 ? ", int8/bf16 activations" : "", worst_dec, worst_pre, tol, agree_dec, K, agree_pre, K, ok ? "ok" : "FAILED");
     rc = 0;
 out:
     ia_free(ref);

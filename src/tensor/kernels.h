@@ -46,7 +46,7 @@ extern const ia_mm_kernel ia_mm_kernel_avx2;
 extern const ia_mm_kernel ia_mm_kernel_avx512;
 #endif
 
-/* ---- the integer inference path (qmatmul.c, qmatmul_avx512.c) ---- */
+/* ---- the low-precision inference path: int8 or bf16 activations (qmatmul.c, qmatmul_avx512.c) ---- */
 
 #define IA_QA_BLOCK 32 /* activations are quantised in blocks of this many values */
 #define IA_QP_ROWS 16  /* weight rows per packed panel */
@@ -78,17 +78,23 @@ typedef struct ia_q8_kernel {
     void (*quantize)(const float *x, int n_in, uint8_t *row);
     /* rows of panels [p0, p1) for tokens [t0, t1): Y[t][o] (the Y of the task, row stride n_out) */
     void (*gemm)(const ia_q8_task *t, int p0, int p1, const uint8_t *qa, size_t qa_stride, int t0, int t1);
+    /* NULL when the kernel has no BF16 path; else one activation row of n_in floats ->
+     * ia_qact_row_bytes_bf16(n_in) bytes of bf16 (gemm then takes BF16 tasks too) */
+    void (*quantize_bf16)(const float *x, int n_in, uint8_t *row);
 } ia_q8_kernel;
 
 size_t ia_qact_row_bytes(int n_in);
 void ia_qact_quantize_ref(const float *x, int n_in, uint8_t *row);
+size_t ia_qact_row_bytes_bf16(int n_in);
+void ia_qact_bf16_ref(const float *x, int n_in, uint8_t *row);
 /* The reference: one output value from a GGUF row and a quantised activation row. */
 float ia_q8_dot_ref(uint32_t type, const uint8_t *w, const uint8_t *qa, int n_in);
 size_t ia_qpack_block_bytes(uint32_t type);
 /* The integer kernel of the selected family, or NULL when the family has none. */
 const ia_q8_kernel *ia_q8_kernel_get(void);
 #if defined(__x86_64__)
-extern const ia_q8_kernel ia_q8_kernel_avx512;
+extern const ia_q8_kernel ia_q8_kernel_avx512;      /* VNNI */
+extern const ia_q8_kernel ia_q8_kernel_avx512_bf16; /* VNNI and BF16 */
 #endif
 
 /* The 12 scale bytes of a Q4_K block hold 8 six-bit scales and 8 six-bit mins: sub-blocks 0-3 in

@@ -1,9 +1,10 @@
-/* qmatmul.c — the integer path of the inference matmul (ia_matmul_infer / ia_matmul_multi) for Q8_0,
- * Q4_0 and Q4_K weights: activations quantised per 32 values to int8 (as llama.cpp does), block dot
- * products in exact integer arithmetic and the scales applied in f32 in one fixed order, so every
- * kernel family gives the same bits. Holds the activation quantiser, the plain C reference kernel
- * (which reads the GGUF blocks directly), the registry of weights repacked for the SIMD kernels, and
- * the driver. */
+/* qmatmul.c — the low-precision path of the inference matmul (ia_matmul_infer / ia_matmul_multi): for
+ * Q8_0, Q4_0 and Q4_K weights, activations quantised per 32 values to int8 (as llama.cpp does), block
+ * dot products in exact integer arithmetic and the scales applied in f32 in one fixed order; for BF16
+ * weights, activations rounded to bf16 and products summed as vdpbf16ps does (as llama.cpp's BF16
+ * path rounds them). Every kernel family gives the same bits. Holds the activation quantisers, the
+ * plain C reference kernel (which reads the GGUF rows directly), the registry of weights repacked for
+ * the SIMD kernels, and the driver. */
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -36,7 +37,17 @@ void ia_set_precision(int prec) {
     atomic_store_explicit(&g_prec, prec == IA_PREC_EXACT ? IA_PREC_EXACT : IA_PREC_FAST, memory_order_relaxed);
 }
 
-bool ia_q8_type(uint32_t t) { return t == IA_TYPE_Q8_0 || t == IA_TYPE_Q4_0 || t == IA_TYPE_Q4_K; }
+bool ia_q8_type(uint32_t t) {
+    return t == IA_TYPE_Q8_0 || t == IA_TYPE_Q4_0 || t == IA_TYPE_Q4_K || t == IA_TYPE_BF16;
+}
+
+/* Values per block of the weight type on this path (n_in must be a multiple). */
+static int q8_block(uint32_t t) { return t == IA_TYPE_Q4_K ? IA_QK_K : 32; }
+
+/* Whether kernel k takes weights of this type (BF16 needs a kernel with bf16 support). */
+static bool q8_takes(const ia_q8_kernel *k, uint32_t t) {
+    return k && ia_q8_type(t) && (t != IA_TYPE_BF16 || k->quantize_bf16 != NULL);
+}
 
 /* ---- activation quantisation ------------------------------------------------------------------ */
 
@@ -67,6 +78,33 @@ void ia_qact_quantize_ref(const float *x, int n_in, uint8_t *row) {
     }
 }
 
+/* bf16 activations: round to nearest even, inputs that are float subnormals become zero (what
+ * vcvtneps2bf16 does; it does not consult MXCSR), NaN stays a quiet NaN. */
+size_t ia_qact_row_bytes_bf16(int n_in) { return ((size_t)n_in * 2 + 63) & ~(size_t)63; }
+
+static uint16_t bf16_act(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7F800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);       /* zero, subnormal */
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN */
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+void ia_qact_bf16_ref(const float *x, int n_in, uint8_t *row) {
+    uint16_t *h = (uint16_t *)row;
+    for (int i = 0; i < n_in; i++) h[i] = bf16_act(x[i]);
+}
+
+/* One vdpbf16ps lane step, acc + a*b for bf16 a, b: an f32 FMA with subnormal inputs read as zero and
+ * a subnormal result flushed to zero, rounding to nearest even. */
+static float bf16_step(float acc, uint16_t a, uint16_t b) {
+    if (fpclassify(acc) == FP_SUBNORMAL) acc = copysignf(0.0f, acc);
+    float fa = (a & 0x7F80u) ? ia_bf16_to_fp32(a) : copysignf(0.0f, ia_bf16_to_fp32(a));
+    float fb = (b & 0x7F80u) ? ia_bf16_to_fp32(b) : copysignf(0.0f, ia_bf16_to_fp32(b));
+    float r = fmaf(fa, fb, acc);
+    return fpclassify(r) == FP_SUBNORMAL ? copysignf(0.0f, r) : r;
+}
+
 /* ---- the reference kernel: one (token, row) from the GGUF blocks --------------------------------- */
 
 /* The arithmetic every kernel reproduces. Per 32-value block j, with integer dot isum_j:
@@ -74,8 +112,20 @@ void ia_qact_quantize_ref(const float *x, int n_in, uint8_t *row) {
  *   Q4_0: isum = sum (q - 8)*qx;       acc = fma((float)isum, dw*dx, acc)
  *   Q4_K: isum = sum q*qx (q 0..15);   acc = fma((float)isum, (d*sc)*dx, acc);
  *                                      acc = fma(-(float)sx, (dmin*m)*dx, acc)
- * in increasing j, acc starting at 0 (dw*dx, d*sc etc. are single f32 products). */
+ * in increasing j, acc starting at 0 (dw*dx, d*sc etc. are single f32 products).
+ *   BF16: pairs p = (2i, 2i+1) of weights and bf16 activations go to accumulator i mod 2, each pair as
+ *         vdpbf16ps does it (the odd element first, then the even one); the result is acc0 + acc1. */
 float ia_q8_dot_ref(uint32_t type, const uint8_t *w, const uint8_t *qa, int n_in) {
+    if (type == IA_TYPE_BF16) {
+        const uint16_t *wh = (const uint16_t *)w, *xh = (const uint16_t *)qa;
+        float a[2] = {0.0f, 0.0f};
+        for (int i = 0; i < n_in / 2; i++) {
+            float *acc = &a[i & 1];
+            *acc = bf16_step(*acc, wh[2 * i + 1], xh[2 * i + 1]);
+            *acc = bf16_step(*acc, wh[2 * i], xh[2 * i]);
+        }
+        return a[0] + a[1];
+    }
     const int8_t *qx = (const int8_t *)qa;
     const float *dx = (const float *)(qa + n_in);
     const int32_t *sx = (const int32_t *)(dx + n_in / IA_QA_BLOCK);
@@ -127,9 +177,12 @@ float ia_q8_dot_ref(uint32_t type, const uint8_t *w, const uint8_t *qa, int n_in
  *         group v + 4), then 16 f16 scales                                          288 bytes
  *   Q4_K: [4 pairs c][8][16][4] bytes qs[32c+4g..] (low nibbles: sub-block 2c group g,
  *         high: sub-block 2c+1 group g), 16 f16 d, 16 f16 dmin, [8][16] u8 scales,
- *         [8][16] u8 mins                                                        2368 bytes */
+ *         [8][16] u8 mins                                                        2368 bytes
+ *   BF16: [16 pairs][16][2] bf16: for each pair of values, both of each row (what one vdpbf16ps
+ *         multiplies against a broadcast activation pair)                           1024 bytes */
 size_t ia_qpack_block_bytes(uint32_t type) {
     switch (type) {
+    case IA_TYPE_BF16: return 1024;
     case IA_TYPE_Q8_0: return 544;
     case IA_TYPE_Q4_0: return 288;
     case IA_TYPE_Q4_K: return 2368;
@@ -145,7 +198,11 @@ static void pack_panel(const ia_qpack *p, int panel, uint8_t *dst) {
         if (o >= p->n_out) o = p->n_out - 1;
         src[r] = (const uint8_t *)p->src + (size_t)o * rs;
     }
-    if (p->type == IA_TYPE_Q8_0) {
+    if (p->type == IA_TYPE_BF16) {
+        for (int j = 0; j < p->n_in / 32; j++, dst += 1024)
+            for (int r = 0; r < IA_QP_ROWS; r++)
+                for (int g = 0; g < 16; g++) memcpy(dst + (g * IA_QP_ROWS + r) * 4, src[r] + (size_t)(32 * j + 2 * g) * 2, 4);
+    } else if (p->type == IA_TYPE_Q8_0) {
         for (int j = 0; j < p->n_in / 32; j++, dst += 544) {
             for (int r = 0; r < IA_QP_ROWS; r++) {
                 const ia_block_q8_0 *b = (const ia_block_q8_0 *)src[r] + j;
@@ -264,8 +321,8 @@ static void pack_worker(void *ctx, int tid, int nth) {
 
 int ia_qpack_add(const void *W, uint32_t type, int n_in, int n_out) {
     const ia_q8_kernel *k = ia_q8_kernel_get();
-    if (!W || !ia_q8_type(type) || n_out < 1 || n_in < 1 || !k || !k->needs_pack) return IA_OK;
-    if (n_in % (type == IA_TYPE_Q4_K ? IA_QK_K : 32)) return IA_OK;
+    if (!W || !q8_takes(k, type) || n_out < 1 || n_in < 1 || !k->needs_pack) return IA_OK;
+    if (n_in % q8_block(type)) return IA_OK;
     pthread_mutex_lock(&reg_mu);
     ia_qpack *p = reg_find_locked(W);
     if (p) {
@@ -281,7 +338,7 @@ int ia_qpack_add(const void *W, uint32_t type, int n_in, int n_out) {
     p->n_in = n_in;
     p->n_out = n_out;
     p->n_panel = (n_out + IA_QP_ROWS - 1) / IA_QP_ROWS;
-    p->panel_bytes = ia_qpack_block_bytes(type) * (size_t)(n_in / (type == IA_TYPE_Q4_K ? IA_QK_K : 32));
+    p->panel_bytes = ia_qpack_block_bytes(type) * (size_t)(n_in / q8_block(type));
     p->refs = 1;
     p->data = ia_malloc(p->panel_bytes * (size_t)p->n_panel);
     if (!p->data) { ia_free(p); return IA_ERR_NOMEM; }
@@ -334,7 +391,7 @@ static void gemm_ref(const ia_q8_task *t, int p0, int p1, const uint8_t *qa, siz
                 ia_q8_dot_ref(t->wtype, (const uint8_t *)t->W + (size_t)o * rs, qa + (size_t)tk * qa_stride, t->n_in);
 }
 
-static const ia_q8_kernel q8_scalar = {"scalar", false, ia_qact_quantize_ref, gemm_ref};
+static const ia_q8_kernel q8_scalar = {"scalar", false, ia_qact_quantize_ref, gemm_ref, ia_qact_bf16_ref};
 
 /* The integer kernel of the current kernel family, or NULL (the family computes f32 activations). */
 const ia_q8_kernel *ia_q8_kernel_get(void) {
@@ -343,14 +400,15 @@ const ia_q8_kernel *ia_q8_kernel_get(void) {
 #if defined(__x86_64__)
     if (strcmp(fam, "avx512") == 0 && ia_q8_kernel_avx512.gemm) {
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512vnni")) return &ia_q8_kernel_avx512;
+        if (__builtin_cpu_supports("avx512vnni"))
+            return __builtin_cpu_supports("avx512bf16") ? &ia_q8_kernel_avx512_bf16 : &ia_q8_kernel_avx512;
     }
 #endif
     return NULL;
 }
 
 bool ia_matmul_uses_q8(uint32_t wtype) {
-    return ia_get_precision() == IA_PREC_FAST && ia_q8_type(wtype) && ia_q8_kernel_get() != NULL;
+    return ia_get_precision() == IA_PREC_FAST && q8_takes(ia_q8_kernel_get(), wtype);
 }
 
 /* ---- driver ---------------------------------------------------------------------------------------- */
@@ -395,6 +453,7 @@ typedef struct q8_job {
     const ia_q8_task *tasks;
     int n_tasks, n_tok, n_in;
     const float *X;
+    void (*quantize)(const float *x, int n_in, uint8_t *row); /* int8 blocks or bf16 */
     uint8_t *qa;
     size_t qa_stride;
     int items_per_task[8], n_tc; /* work items per task, token chunks */
@@ -408,7 +467,7 @@ static void q8_worker(void *ctx, int tid, int nth) {
     /* 1: quantise the activations (rows handed out in runs of 8) */
     for (int r0; (r0 = atomic_fetch_add_explicit(&j->next_q, 8, memory_order_relaxed)) < j->n_tok;)
         for (int r = r0; r < r0 + 8 && r < j->n_tok; r++)
-            j->k->quantize(j->X + (size_t)r * j->n_in, j->n_in, j->qa + (size_t)r * j->qa_stride);
+            j->quantize(j->X + (size_t)r * j->n_in, j->n_in, j->qa + (size_t)r * j->qa_stride);
 }
 
 static void q8_gemm_worker(void *ctx, int tid, int nth) {
@@ -427,9 +486,12 @@ static void q8_gemm_worker(void *ctx, int tid, int nth) {
 }
 
 /* Both steps in one pool job would need a barrier between them; two jobs cost one more handoff. */
+/* Every task of one call takes the same activation format (all BF16, or all integer types). */
 static void q8_run(const ia_q8_kernel *k, const float *X, int n_tok, int n_in, const ia_q8_task *tasks, int n_tasks) {
     q8_job j = {.k = k, .tasks = tasks, .n_tasks = n_tasks, .n_tok = n_tok, .n_in = n_in, .X = X};
-    j.qa_stride = ia_qact_row_bytes(n_in);
+    const bool bf16 = tasks[0].wtype == IA_TYPE_BF16;
+    j.quantize = bf16 ? k->quantize_bf16 : k->quantize;
+    j.qa_stride = bf16 ? ia_qact_row_bytes_bf16(n_in) : ia_qact_row_bytes(n_in);
     j.qa = qa_get(j.qa_stride * (size_t)n_tok);
     if (!j.qa) {
         /* out of memory for the batch's quantised rows: one row at a time from the stack, which
@@ -442,7 +504,7 @@ static void q8_run(const ia_q8_kernel *k, const float *X, int n_tok, int n_in, c
                 one[i] = tasks[i];
                 one[i].Y = tasks[i].Y + (size_t)r * tasks[i].n_out;
             }
-            k->quantize(X + (size_t)r * n_in, n_in, row);
+            j.quantize(X + (size_t)r * n_in, n_in, row);
             for (int i = 0; i < n_tasks; i++) {
                 const int n_panel = (one[i].n_out + IA_QP_ROWS - 1) / IA_QP_ROWS;
                 /* Y rows of a single-token call are laid out with stride n_out: t0 = 0, t1 = 1 */
@@ -463,7 +525,7 @@ static void q8_run(const ia_q8_kernel *k, const float *X, int n_tok, int n_in, c
     }
     const int nth = work > 2e5 ? ia_pool_threads() : 1;
     if (n_tok <= 8 || nth == 1) {
-        for (int r = 0; r < n_tok; r++) k->quantize(X + (size_t)r * n_in, n_in, j.qa + (size_t)r * j.qa_stride);
+        for (int r = 0; r < n_tok; r++) j.quantize(X + (size_t)r * n_in, n_in, j.qa + (size_t)r * j.qa_stride);
     } else {
         ia_pool_run(nth < (n_tok + 7) / 8 ? nth : (n_tok + 7) / 8, q8_worker, &j);
     }
@@ -479,7 +541,7 @@ void ia_matmul_multi(const float *X, int n_tok, int n_in, const ia_mm_task *task
     int nq = 0, nf = 0;
     for (int i = 0; i < n_tasks; i++) {
         const ia_mm_task *t = &tasks[i];
-        if (k && ia_q8_type(t->wtype) && n_in > 0 && t->n_out > 0 && n_in % (t->wtype == IA_TYPE_Q4_K ? IA_QK_K : 32) == 0) {
+        if (q8_takes(k, t->wtype) && n_in > 0 && t->n_out > 0 && n_in % q8_block(t->wtype) == 0) {
             const ia_qpack *p = k->needs_pack ? reg_lookup(t->W) : NULL;
             if (!k->needs_pack || (p && p->n_in == n_in && p->n_out == t->n_out && p->type == t->wtype)) {
                 qt[nq++] = (ia_q8_task){t->Y, t->W, p, t->wtype, n_in, t->n_out};
@@ -494,15 +556,18 @@ void ia_matmul_multi(const float *X, int n_tok, int n_in, const ia_mm_task *task
     }
     if (nf) ia_matmul_exact_multi(X, n_tok, n_in, ft, nf);
     if (nq == 0) return;
-    /* unpacked tasks run through the reference kernel; split them off */
-    ia_q8_task packed[8], plain[8];
-    int np = 0, nr = 0;
-    for (int i = 0; i < nq; i++) {
-        if (k->needs_pack && !qt[i].pack) plain[nr++] = qt[i];
-        else packed[np++] = qt[i];
+    /* unpacked tasks run through the reference kernel, and each activation format is its own call */
+    for (int bf = 0; bf < 2; bf++) {
+        ia_q8_task packed[8], plain[8];
+        int np = 0, nr = 0;
+        for (int i = 0; i < nq; i++) {
+            if ((qt[i].wtype == IA_TYPE_BF16) != bf) continue;
+            if (k->needs_pack && !qt[i].pack) plain[nr++] = qt[i];
+            else packed[np++] = qt[i];
+        }
+        if (np) q8_run(k, X, n_tok, n_in, packed, np);
+        if (nr) q8_run(&q8_scalar, X, n_tok, n_in, plain, nr);
     }
-    if (np) q8_run(k, X, n_tok, n_in, packed, np);
-    if (nr) q8_run(&q8_scalar, X, n_tok, n_in, plain, nr);
 }
 
 void ia_matmul_infer(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in, int n_out) {

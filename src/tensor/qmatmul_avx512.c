@@ -1,8 +1,9 @@
-/* qmatmul_avx512.c — AVX-512 VNNI kernels of the integer inference matmul (qmatmul.c): the activation
- * quantiser and one tile routine per weight type over 16-row packed panels, vpdpbusd against 4
- * broadcast activation bytes at a time. Same bits as the reference ia_q8_dot_ref: the block sums are
- * exact integers and the f32 scale steps are the reference's, lane by lane. (x86-64 only, chosen at
- * run time.) */
+/* qmatmul_avx512.c — AVX-512 kernels of the low-precision inference matmul (qmatmul.c): the activation
+ * quantisers and one tile routine per weight type over 16-row packed panels: vpdpbusd (VNNI) against
+ * 4 broadcast activation bytes at a time, or vdpbf16ps (AVX512_BF16) against a broadcast bf16 pair.
+ * Same bits as the reference ia_q8_dot_ref: the block sums are exact integers and the f32 scale steps
+ * are the reference's, lane by lane; the bf16 pairs go through the reference's steps in its order.
+ * (x86-64 only, chosen at run time.) */
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -14,6 +15,7 @@
 #include <immintrin.h>
 
 #define TV __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define TB __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) inline
 
 /* ---- activations ------------------------------------------------------------------------------ */
@@ -202,26 +204,69 @@ TV static INLINE void tile_q4_K(const tile_args *a, const int P, const int T) {
         for (int p = 0; p < P; p++) store_rows(a->y[t] + 16 * p, acc[p][t], a->rows[p]);
 }
 
+/* BF16: per pair group g of a 32-value block, one vdpbf16ps per (panel, token) into the accumulator of
+ * the pair's parity (two chains per output hide the instruction's latency); the result is acc0 + acc1. */
+TB static INLINE void tile_bf16(const tile_args *a, const int P, const int T) {
+    __m512 acc[2][2][4];
+    for (int h = 0; h < 2; h++)
+        for (int p = 0; p < P; p++)
+            for (int t = 0; t < T; t++) acc[h][p][t] = _mm512_setzero_ps();
+    const uint16_t *x[4];
+    for (int t = 0; t < T; t++) x[t] = (const uint16_t *)a->qx[t];
+    for (int j = 0; j < a->nb; j++) {
+        const uint8_t *b[2] = {a->w[0] + (size_t)j * 1024, P > 1 ? a->w[1] + (size_t)j * 1024 : NULL};
+#pragma GCC unroll 16
+        for (int g = 0; g < 16; g++) {
+            __m512i wv[2];
+            if (T <= 2)
+                for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + PF_DIST + 64 * g, _MM_HINT_T0);
+            for (int p = 0; p < P; p++) wv[p] = _mm512_loadu_si512(b[p] + 64 * g);
+            for (int t = 0; t < T; t++) {
+                const __m512i xb = _mm512_set1_epi32(*(const int32_t *)(x[t] + 32 * j + 2 * g));
+                for (int p = 0; p < P; p++)
+                    acc[g & 1][p][t] = _mm512_dpbf16_ps(acc[g & 1][p][t], (__m512bh)wv[p], (__m512bh)xb);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int p = 0; p < P; p++) store_rows(a->y[t] + 16 * p, _mm512_add_ps(acc[0][p][t], acc[1][p][t]), a->rows[p]);
+}
+
+TB static void quantize_bf16_avx512(const float *x, int n_in, uint8_t *row) {
+    uint16_t *h = (uint16_t *)row;
+    int i = 0;
+    for (; i + 16 <= n_in; i += 16)
+        _mm256_storeu_si256((__m256i *)(h + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+    if (i < n_in) {
+        const __mmask16 m = (__mmask16)((1u << (n_in - i)) - 1u);
+        _mm256_mask_storeu_epi16(h + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
 /* The (P, T) instances: P and T are constants inside each, so the arrays above live in registers. */
-#define INSTANCES(F)                                                                                 \
-    TV static void F##_2_4(const tile_args *a) { F(a, 2, 4); }                                       \
-    TV static void F##_2_3(const tile_args *a) { F(a, 2, 3); }                                       \
-    TV static void F##_2_2(const tile_args *a) { F(a, 2, 2); }                                       \
-    TV static void F##_2_1(const tile_args *a) { F(a, 2, 1); }                                       \
-    TV static void F##_1_4(const tile_args *a) { F(a, 1, 4); }                                       \
-    TV static void F##_1_3(const tile_args *a) { F(a, 1, 3); }                                       \
-    TV static void F##_1_2(const tile_args *a) { F(a, 1, 2); }                                       \
-    TV static void F##_1_1(const tile_args *a) { F(a, 1, 1); }                                       \
+#define INSTANCES_T(F, TT)                                                                           \
+    TT static void F##_2_4(const tile_args *a) { F(a, 2, 4); }                                       \
+    TT static void F##_2_3(const tile_args *a) { F(a, 2, 3); }                                       \
+    TT static void F##_2_2(const tile_args *a) { F(a, 2, 2); }                                       \
+    TT static void F##_2_1(const tile_args *a) { F(a, 2, 1); }                                       \
+    TT static void F##_1_4(const tile_args *a) { F(a, 1, 4); }                                       \
+    TT static void F##_1_3(const tile_args *a) { F(a, 1, 3); }                                       \
+    TT static void F##_1_2(const tile_args *a) { F(a, 1, 2); }                                       \
+    TT static void F##_1_1(const tile_args *a) { F(a, 1, 1); }                                       \
     static void (*const F##_fns[2][4])(const tile_args *) = {{F##_1_1, F##_1_2, F##_1_3, F##_1_4},    \
                                                             {F##_2_1, F##_2_2, F##_2_3, F##_2_4}};
+#define INSTANCES(F) INSTANCES_T(F, TV)
 INSTANCES(tile_q8_0)
 INSTANCES(tile_q4_0)
 INSTANCES(tile_q4_K)
+INSTANCES_T(tile_bf16, TB)
 
 TV static void gemm_avx512(const ia_q8_task *t, int p0, int p1, const uint8_t *qa, size_t qa_stride, int t0, int t1) {
     const ia_qpack *pk = t->pack;
-    void (*const(*fns)[4])(const tile_args *) =
-        t->wtype == IA_TYPE_Q8_0 ? tile_q8_0_fns : t->wtype == IA_TYPE_Q4_0 ? tile_q4_0_fns : tile_q4_K_fns;
+    void (*const(*fns)[4])(const tile_args *) = t->wtype == IA_TYPE_Q8_0   ? tile_q8_0_fns
+                                                : t->wtype == IA_TYPE_Q4_0 ? tile_q4_0_fns
+                                                : t->wtype == IA_TYPE_BF16 ? tile_bf16_fns
+                                                                           : tile_q4_K_fns;
     const int n_in = t->n_in, nbq = n_in / IA_QA_BLOCK;
     tile_args a;
     a.nb = t->wtype == IA_TYPE_Q4_K ? n_in / IA_QK_K : n_in / 32;
@@ -236,7 +281,7 @@ TV static void gemm_avx512(const ia_q8_task *t, int p0, int p1, const uint8_t *q
             const int T = t1 - tk >= 4 ? 4 : t1 - tk;
             for (int i = 0; i < T; i++) {
                 const uint8_t *row = qa + (size_t)(tk + i) * qa_stride;
-                a.qx[i] = (const int8_t *)row;
+                a.qx[i] = (const int8_t *)row; /* bf16 values for BF16 (no scales or sums) */
                 a.dx[i] = (const float *)(row + n_in);
                 a.sx[i] = (const int32_t *)(a.dx[i] + nbq);
                 a.y[i] = t->Y + (size_t)(tk + i) * t->n_out + (size_t)p * IA_QP_ROWS;
@@ -246,6 +291,7 @@ TV static void gemm_avx512(const ia_q8_task *t, int p0, int p1, const uint8_t *q
     }
 }
 
-const ia_q8_kernel ia_q8_kernel_avx512 = {"avx512-vnni", true, quantize_avx512, gemm_avx512};
+const ia_q8_kernel ia_q8_kernel_avx512 = {"avx512-vnni", true, quantize_avx512, gemm_avx512, NULL};
+const ia_q8_kernel ia_q8_kernel_avx512_bf16 = {"avx512-vnni-bf16", true, quantize_avx512, gemm_avx512, quantize_bf16_avx512};
 
 #endif /* __x86_64__ */

@@ -89,19 +89,22 @@ void ia_dequantize_row_fast(uint32_t type, const void *src, float *dst, int64_t 
 
 /* ---- inference matmuls ------------------------------------------------------------------------- */
 
-/* Precision of the inference matmuls (ia_matmul_infer / ia_matmul_multi) for Q8_0, Q4_0 and Q4_K
- * weights. FAST (the default): activations are quantised to int8 per 32 values (scale max|x|/127,
- * as llama.cpp does) and the block dot products are exact integer sums: ~0.3% relative error per
- * product vs f32 activations, several times less arithmetic. EXACT: f32 activations (ia_matmul). The
- * environment variable IA_PRECISION=exact|fast sets the starting value. Other weight types and
- * ia_matmul itself are always f32. */
+/* Precision of the inference matmuls (ia_matmul_infer / ia_matmul_multi) for Q8_0, Q4_0, Q4_K and
+ * BF16 weights. FAST (the default): for the quantised types, activations are quantised to int8 per 32
+ * values (scale max|x|/127, as llama.cpp does) and the block dot products are exact integer sums:
+ * ~0.3% relative error per product vs f32 activations, several times less arithmetic; for BF16,
+ * activations are rounded to bf16 (2^-8 relative at most, as llama.cpp does) where the CPU multiplies bf16
+ * pairs (AVX512_BF16). EXACT: f32 activations (ia_matmul). The environment variable
+ * IA_PRECISION=exact|fast sets the starting value. Other weight types and ia_matmul itself are
+ * always f32. */
 enum { IA_PREC_FAST = 0, IA_PREC_EXACT = 1 };
 int ia_get_precision(void);
 void ia_set_precision(int prec);
-/* Whether Q8_0/Q4_0/Q4_K have an integer path. */
+/* Whether the type has a low-precision path (Q8_0/Q4_0/Q4_K: int8 activations; BF16: bf16 ones). */
 bool ia_q8_type(uint32_t wtype);
 /* Whether ia_matmul_infer on this weight type uses int8 activations now (FAST, and the selected
- * kernel family has an integer kernel: scalar (the reference) and avx512 with VNNI). */
+ * kernel family has an integer kernel: scalar (the reference) and avx512 with VNNI; for BF16 also
+ * AVX512_BF16). */
 bool ia_matmul_uses_q8(uint32_t wtype);
 
 /* Y = X·Wᵀ for the forward pass: ia_matmul, or in FAST precision the integer path. Every kernel
