@@ -5,7 +5,6 @@
 #   make test-asan  the same suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       build the libFuzzer targets (clang) ; make fuzz-run runs each for a bounded time
 #   make bench      benchmarks (writes bench/results/)
-#   BLAS=1          use OpenBLAS for f32 matmuls (optional)
 
 CC      ?= cc
 BUILD   ?= build
@@ -14,10 +13,6 @@ CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wshadow -fopenmp -pthread \
            -Iinclude -Isrc $(EXTRA_CFLAGS)
 LDLIBS  += -lpcre2-8 -ljansson -lcurl -lmicrohttpd -lsqlite3 -lm -fopenmp -pthread
-ifeq ($(BLAS),1)
-CFLAGS  += -DIA_USE_BLAS
-LDLIBS  += -lopenblas
-endif
 
 LIB_SRC := $(sort $(wildcard src/*/*.c))
 LIB_SRC := $(filter-out src/cli/%,$(LIB_SRC))

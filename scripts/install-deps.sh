@@ -9,7 +9,6 @@ PKGS=(
   libsqlite3-dev sqlite3    # run store
   libpcre2-dev              # Unicode regex for BPE pre-tokenizers
   libcmocka-dev             # unit tests
-  libopenblas-dev           # optional BLAS backend (make BLAS=1)
   python3 python3-numpy     # float64 reference forward pass used by the tests
   python3-jinja2            # renders real chat templates as the tests' oracle
   python3-torch             # independent float64 gradient reference for the trainer tests

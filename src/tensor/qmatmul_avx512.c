@@ -54,7 +54,9 @@ typedef struct tile_args {
 /* Decoding reads each weight once: prefetch this far ahead in each panel's stream (two panels in
  * flight per thread cover the memory latency at full bandwidth). Offsets per step are spread so the
  * lines of a whole block (544, 288 or 2368 bytes) are all touched. */
+#ifndef PF_DIST
 #define PF_DIST 2048
+#endif
 
 #define B4(p, off) _mm512_set1_epi32(*(const int32_t *)((p) + (off)))
 
