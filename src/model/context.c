@@ -2,6 +2,7 @@
  * forward pass: one pass over the weights for every token of a batch. */
 #include "model.h"
 #include "model/lora.h"
+#include "tensor/pool.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -159,6 +160,89 @@ static void add_bias(float *y, const float *b, int n_tok, int n) {
         for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
 }
 
+/* ---- per-token steps, run over the tokens of a batch on the tensor pool ---------------------- */
+
+/* The element-wise and per-row steps between the matmuls: one thread alone would leave the other
+ * cores idle for a quarter of a long prefill. Each row is computed exactly as it would be alone, so
+ * splitting the rows changes no bits. */
+typedef enum { ROWS_NORM, ROWS_QKV, ROWS_ATTN_OUT, ROWS_FFN_OUT } rows_step;
+
+typedef struct rows_job {
+    ia_context *c;
+    const ia_batch *b;
+    const ia_layer *ly;     /* the layer of the step (ROWS_FFN_OUT: the layer just finished) */
+    const ia_layer *next;   /* ROWS_FFN_OUT: the next layer, whose attention norm follows, or NULL */
+    const float *norm;      /* ROWS_NORM: the weights */
+    int l, N;
+    rows_step step;
+} rows_job;
+
+static void rows_range(const rows_job *j, int t0, int t1) {
+    ia_context *c = j->c;
+    const ia_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim;
+    const int Dq = H * D, KV = c->kv_dim, L = hp->n_layer, C = c->n_ctx, half = hp->n_rot / 2;
+    for (int t = t0; t < t1; t++) {
+        float *x = c->x + (size_t)t * E, *xb = c->xb + (size_t)t * E;
+        switch (j->step) {
+        case ROWS_NORM: /* the first layer's attention norm */
+            rmsnorm(xb, x, j->norm, E, hp->rms_eps);
+            break;
+        case ROWS_QKV: { /* biases, RoPE, and k, v into the cache */
+            float *q = c->q + (size_t)t * Dq, *k = c->k + (size_t)t * KV, *v = c->v + (size_t)t * KV;
+            add_bias(q, j->ly->bq, 1, Dq);
+            add_bias(k, j->ly->bk, 1, KV);
+            add_bias(v, j->ly->bv, 1, KV);
+            const float *cs = c->rope_cos + (size_t)j->b->pos[t] * half, *sn = c->rope_sin + (size_t)j->b->pos[t] * half;
+            rope(q, H, D, hp->n_rot, hp->rope_type, cs, sn);
+            rope(k, Hkv, D, hp->n_rot, hp->rope_type, cs, sn);
+            size_t off = (((size_t)j->b->slot[t] * L + j->l) * C + j->b->pos[t]) * KV;
+            memcpy(c->k_cache + off, k, (size_t)KV * sizeof(float));
+            memcpy(c->v_cache + off, v, (size_t)KV * sizeof(float));
+            break;
+        }
+        case ROWS_ATTN_OUT: { /* residual, then the feed-forward norm */
+            const float *o = c->q + (size_t)t * E;
+            for (int i = 0; i < E; i++) x[i] += o[i];
+            rmsnorm(xb, x, j->ly->ffn_norm, E, hp->rms_eps);
+            break;
+        }
+        case ROWS_FFN_OUT: /* silu(gate)*up was done before the down projection; residual, next norm */
+            for (int i = 0; i < E; i++) x[i] += xb[i];
+            if (j->next) rmsnorm(xb, x, j->next->attn_norm, E, hp->rms_eps);
+            break;
+        }
+    }
+}
+
+typedef struct swiglu_job {
+    float *g;
+    const float *u;
+    size_t n;
+} swiglu_job;
+
+static void swiglu_range(float *g, const float *u, size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void swiglu_worker(void *ctx, int tid, int nth) {
+    swiglu_job *j = ctx;
+    swiglu_range(j->g, j->u, j->n * (size_t)tid / (size_t)nth, j->n * (size_t)(tid + 1) / (size_t)nth);
+}
+
+static void rows_worker(void *ctx, int tid, int nth) {
+    rows_job *j = ctx;
+    rows_range(j, (int)((int64_t)j->N * tid / nth), (int)((int64_t)j->N * (tid + 1) / nth));
+}
+
+/* Rows of one step on the pool when the batch is big enough to pay for the handoff. */
+#define ROWS_PAR_MIN 8
+static void rows_run(rows_job *j) {
+    const int nth = j->N >= ROWS_PAR_MIN ? ia_pool_threads() : 1;
+    if (nth > 1) ia_pool_run(nth < j->N ? nth : j->N, rows_worker, j);
+    else rows_range(j, 0, j->N);
+}
+
 /* ---- the forward pass -------------------------------------------------------------------- */
 
 int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
@@ -184,7 +268,7 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
     }
 
     const int E = hp->n_embd, H = hp->n_head, Hkv = hp->n_head_kv, D = hp->head_dim, F = hp->n_ff;
-    const int Dq = H * D, KV = c->kv_dim, L = hp->n_layer, C = c->n_ctx, half = hp->n_rot / 2;
+    const int Dq = H * D, KV = c->kv_dim, L = hp->n_layer, C = c->n_ctx;
     const float scale = 1.0f / sqrtf((float)D);
     int nth = ia_get_threads();
     if (nth > c->n_att_thr) nth = c->n_att_thr;
@@ -196,11 +280,13 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
         ia_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)b->token[t] * emb_row,
                           c->x + (size_t)t * E, E);
 
+    rows_job rj = {.c = c, .b = b, .N = N, .step = ROWS_NORM, .norm = L > 0 ? m->layers[0].attn_norm : NULL};
+    if (L > 0) rows_run(&rj);
     for (int l = 0; l < L; l++) {
         const ia_layer *ly = &m->layers[l];
-        for (int t = 0; t < N; t++)
-            rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, ly->attn_norm, E, hp->rms_eps);
-        /* All N rows at once: one pass over each weight matrix per step. */
+        rj.ly = ly;
+        rj.l = l;
+        /* xb holds this layer's normed input. All N rows at once: one pass over each weight matrix. */
         const ia_mm_task qkv[3] = {{c->q, ly->wq.data, ly->wq.type, Dq}, {c->k, ly->wk.data, ly->wk.type, KV},
                                    {c->v, ly->wv.data, ly->wv.type, KV}};
         ia_matmul_multi(c->xb, N, E, qkv, 3); /* one parallel step, xb quantised once (fast precision) */
@@ -209,17 +295,8 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
             ia_lora_apply(m, l, IA_LORA_K, c->k, c->xb, N);
             ia_lora_apply(m, l, IA_LORA_V, c->v, c->xb, N);
         }
-        add_bias(c->q, ly->bq, N, Dq);
-        add_bias(c->k, ly->bk, N, KV);
-        add_bias(c->v, ly->bv, N, KV);
-        for (int t = 0; t < N; t++) {
-            const float *cs = c->rope_cos + (size_t)b->pos[t] * half, *sn = c->rope_sin + (size_t)b->pos[t] * half;
-            rope(c->q + (size_t)t * Dq, H, D, hp->n_rot, hp->rope_type, cs, sn);
-            rope(c->k + (size_t)t * KV, Hkv, D, hp->n_rot, hp->rope_type, cs, sn);
-            size_t off = (((size_t)b->slot[t] * L + l) * C + b->pos[t]) * KV;
-            memcpy(c->k_cache + off, c->k + (size_t)t * KV, (size_t)KV * sizeof(float));
-            memcpy(c->v_cache + off, c->v + (size_t)t * KV, (size_t)KV * sizeof(float));
-        }
+        rj.step = ROWS_QKV;
+        rows_run(&rj);
 
         /* Causal attention (src/tensor/attention.c): each (token, head) is computed by one thread in
          * a fixed order, so it does not depend on the batch or the thread count. Output goes to xb. */
@@ -228,27 +305,27 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
                             .slot = b->slot, .n_tok = N, .n_head = H, .n_head_kv = Hkv, .head_dim = D, .n_layer = L,
                             .layer = l, .n_ctx = C, .scale = scale, .scratch = c->att, .n_scratch = nth};
         ia_attention(&at);
-        /* q is free again: the projection goes there, then into the residual. */
+        /* q is free again: the projection goes there, then into the residual (and the next norm). */
         ia_matmul_infer(c->q, out, ly->wo.data, ly->wo.type, N, Dq, E);
         if (m->lora) ia_lora_apply(m, l, IA_LORA_O, c->q, out, N);
-        for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->q[i];
+        rj.step = ROWS_ATTN_OUT;
+        rows_run(&rj);
 
         /* SwiGLU feed-forward. */
-        for (int t = 0; t < N; t++)
-            rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->rms_eps);
         const ia_mm_task gu[2] = {{c->hb, ly->w_gate.data, ly->w_gate.type, F}, {c->hb2, ly->w_up.data, ly->w_up.type, F}};
         ia_matmul_multi(c->xb, N, E, gu, 2);
         if (m->lora) {
             ia_lora_apply(m, l, IA_LORA_GATE, c->hb, c->xb, N);
             ia_lora_apply(m, l, IA_LORA_UP, c->hb2, c->xb, N);
         }
-        for (size_t i = 0; i < (size_t)N * F; i++) {
-            float g = c->hb[i];
-            c->hb[i] = g / (1.0f + expf(-g)) * c->hb2[i];
-        }
+        swiglu_job sj = {c->hb, c->hb2, (size_t)N * F};
+        if (N >= ROWS_PAR_MIN && ia_pool_threads() > 1) ia_pool_run(ia_pool_threads(), swiglu_worker, &sj);
+        else swiglu_range(sj.g, sj.u, 0, sj.n);
         ia_matmul_infer(c->xb, c->hb, ly->w_down.data, ly->w_down.type, N, F, E);
         if (m->lora) ia_lora_apply(m, l, IA_LORA_DOWN, c->xb, c->hb, N);
-        for (size_t i = 0; i < (size_t)N * E; i++) c->x[i] += c->xb[i];
+        rj.step = ROWS_FFN_OUT;
+        rj.next = l + 1 < L ? &m->layers[l + 1] : NULL;
+        rows_run(&rj);
     }
 
     /* Final norm and logits, only for the rows asked for (by default the last token). */
