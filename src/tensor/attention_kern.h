@@ -3,6 +3,16 @@
  * ATT_ND (the count: a constant for 64 and 128, so accumulators stay in registers; with a run-time
  * count GCC kept them on the stack, a store-forwarding chain per FMA) and ATT_UNROLL. */
 
+/* sc[0..n) *= inv: the softmax weights, made once before the V pass (which then broadcasts each from
+ * memory instead of multiplying per head and position). */
+T512 static INLINE void ATT_NAME(normalise)(float *sc, int n, float inv) {
+    const __m512 v = _mm512_set1_ps(inv);
+    for (int p0 = 0; p0 < n; p0 += 16) {
+        const __mmask16 m = (__mmask16)(n - p0 >= 16 ? 0xFFFFu : (1u << (n - p0)) - 1u);
+        _mm512_mask_storeu_ps(sc + p0, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sc + p0), v));
+    }
+}
+
 /* One (token, head). D a multiple of 16. Scores for 16 positions at a time: each position's dot
  * product accumulates 16 lanes over d (lane l takes d = l mod 16, in increasing d), then hsum16. */
 T512 static INLINE void ATT_NAME(attn_one)(const ia_attn *a, int t, int h, float *sc, const int nd_) {
@@ -51,13 +61,13 @@ T512 static INLINE void ATT_NAME(attn_one)(const ia_attn *a, int t, int h, float
     _mm512_storeu_ps(lanes, vsum);
     float sum = 0;
     for (int l = 0; l < 16; l++) sum += lanes[l];
-    const __m512 inv = _mm512_set1_ps(1.0f / sum);
+    ATT_NAME(normalise)(sc, np, 1.0f / sum);
     __m512 o[ATT_NDMAX];
     ATT_UNROLL
     for (int j = 0; j < nd; j++) o[j] = _mm512_setzero_ps();
     for (int p = 0; p < np; p++) {
         const float *vp = V + (size_t)p * KV;
-        const __m512 w = _mm512_mul_ps(_mm512_set1_ps(sc[p]), inv);
+        const __m512 w = _mm512_set1_ps(sc[p]);
         ATT_UNROLL
         for (int j = 0; j < nd; j++) o[j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vp + 16 * j), o[j]);
     }
@@ -66,8 +76,9 @@ T512 static INLINE void ATT_NAME(attn_one)(const ia_attn *a, int t, int h, float
     for (int j = 0; j < nd; j++) _mm512_storeu_ps(out + 16 * j, o[j]);
 }
 
-/* o[h] = sum_p (sc[h][p] * inv[h]) v_p for NC heads (rows of sc C apart, outputs D apart). */
-T512 static INLINE void ATT_NAME(av_chunk)(const float *V, int KV, int np, const float *sc, int C, const float *inv, float *out,
+/* o[h] = sum_p sc[h][p] v_p for NC heads (rows of sc C apart, outputs D apart; sc already normalised):
+ * each V row is loaded once into registers for all NC heads. */
+T512 static INLINE void ATT_NAME(av_chunk)(const float *V, int KV, int np, const float *sc, int C, float *out,
                                  int D, const int NC, const int ND) {
     __m512 o[4][ATT_NDMAX];
     ATT_UNROLL
@@ -76,11 +87,14 @@ T512 static INLINE void ATT_NAME(av_chunk)(const float *V, int KV, int np, const
         for (int j = 0; j < ND; j++) o[h][j] = _mm512_setzero_ps();
     for (int p = 0; p < np; p++) {
         const float *vp = V + (size_t)p * KV;
+        __m512 v[ATT_NDMAX];
+        ATT_UNROLL
+        for (int j = 0; j < ND; j++) v[j] = _mm512_loadu_ps(vp + 16 * j);
         ATT_UNROLL
         for (int h = 0; h < NC; h++) {
-            const __m512 w = _mm512_mul_ps(_mm512_set1_ps(sc[(size_t)h * C + p]), _mm512_set1_ps(inv[h]));
+            const __m512 w = _mm512_set1_ps(sc[(size_t)h * C + p]);
             ATT_UNROLL
-            for (int j = 0; j < ND; j++) o[h][j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vp + 16 * j), o[h][j]);
+            for (int j = 0; j < ND; j++) o[h][j] = _mm512_fmadd_ps(w, v[j], o[h][j]);
         }
     }
     ATT_UNROLL
@@ -127,7 +141,6 @@ T512 static INLINE void ATT_NAME(attn_group)(const ia_attn *a, int t, int h0, in
             mx[h] = _mm512_mask_max_ps(mx[h], m, mx[h], s);
         }
     }
-    float inv[8];
     ATT_UNROLL
     for (int h = 0; h < nh; h++) {
         float *sh = sc + (size_t)h * C;
@@ -144,7 +157,7 @@ T512 static INLINE void ATT_NAME(attn_group)(const ia_attn *a, int t, int h0, in
         _mm512_storeu_ps(lanes, vsum);
         float sum = 0;
         for (int l = 0; l < 16; l++) sum += lanes[l];
-        inv[h] = 1.0f / sum;
+        ATT_NAME(normalise)(sh, np, 1.0f / sum);
     }
     /* V in chunks of up to 4 heads (16 accumulators for D = 64) */
     for (int c0 = 0; c0 < nh; c0 += 4) {
@@ -152,10 +165,10 @@ T512 static INLINE void ATT_NAME(attn_group)(const ia_attn *a, int t, int h0, in
         const float *s0 = sc + (size_t)c0 * C;
         float *o0 = a->out + (size_t)t * a->n_head * D + (size_t)(h0 + c0) * D;
         switch (nc) {
-        case 4: ATT_NAME(av_chunk)(V, KV, np, s0, C, inv + c0, o0, D, 4, nd); break;
-        case 3: ATT_NAME(av_chunk)(V, KV, np, s0, C, inv + c0, o0, D, 3, nd); break;
-        case 2: ATT_NAME(av_chunk)(V, KV, np, s0, C, inv + c0, o0, D, 2, nd); break;
-        default: ATT_NAME(av_chunk)(V, KV, np, s0, C, inv + c0, o0, D, 1, nd); break;
+        case 4: ATT_NAME(av_chunk)(V, KV, np, s0, C, o0, D, 4, nd); break;
+        case 3: ATT_NAME(av_chunk)(V, KV, np, s0, C, o0, D, 3, nd); break;
+        case 2: ATT_NAME(av_chunk)(V, KV, np, s0, C, o0, D, 2, nd); break;
+        default: ATT_NAME(av_chunk)(V, KV, np, s0, C, o0, D, 1, nd); break;
         }
     }
 }
