@@ -832,6 +832,7 @@ static void test_qact_quantize(void **state) {
         if (!ia_kernel_force(kernels[k])) continue;
         const ia_q8_kernel *qk = ia_q8_kernel_get();
         if (!qk) continue;
+        print_message("# %s: int8 quantiser %s%s\n", kernels[k], qk->name, qk->quantize_bf16 ? " (+ bf16)" : "");
         for (int t = 0; t < NT; t++) {
             memset(a, 0, rb);
             memset(b, 0, rb);
@@ -877,6 +878,7 @@ static void test_matmul_q8(void **state) {
     const int saved_threads = ia_get_threads(), saved_prec = ia_get_precision();
     ia_set_precision(IA_PREC_FAST);
     double worst = 0;
+    char ran[128] = "";
     for (int c = 0; c < N_Q8_CASES; c++) {
         const mm_case *mc = &q8_cases[c];
         const int ni = mc->n_in, no = mc->n_out, nt = mc->n_tok;
@@ -931,6 +933,10 @@ static void test_matmul_q8(void **state) {
         free(qa);
         for (int k = 1; k < N_KERNELS; k++) {
             if (!ia_kernel_force(kernels[k]) || !ia_matmul_uses_q8(mc->type)) continue;
+            if (!strstr(ran, ia_q8_kernel_get()->name)) {
+                strcat(ran, " ");
+                strcat(ran, ia_q8_kernel_get()->name);
+            }
             for (int packed = 0; packed < 2; packed++) {
                 if (packed) assert_int_equal(ia_qpack_add(W, mc->type, ni, no), IA_OK);
                 for (int th = 1; th <= 3; th++) {
@@ -985,11 +991,93 @@ static void test_matmul_q8(void **state) {
         ia_kernel_force(NULL);
         free(W); free(X); free(Ya); free(Yb);
     }
-    print_message("# integer path: worst |y - exact| = %.3f of the quantisation bound; kernels %s\n", worst,
-                  ia_kernel_force("avx512") && ia_q8_kernel_get() ? ia_q8_kernel_get()->name : "scalar only");
+    print_message("# integer path: worst |y - exact| = %.3f of the quantisation bound; checked against scalar:%s\n", worst,
+                  ran[0] ? ran : " none");
     ia_kernel_force(NULL);
     ia_set_precision(saved_prec);
     ia_set_threads(saved_threads);
+}
+
+/* The integer kernels at the edges of their arithmetic: Q8_0 weights -128 and 127, nibbles 15, activations
+ * quantised to +-127 with the same sign across a whole block (the largest block sums, which the int16
+ * partial sums of the AVX2 kernel must hold) or alternating; every family equals the reference. */
+static void test_matmul_q8_extremes(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 33);
+    const int saved_prec = ia_get_precision();
+    ia_set_precision(IA_PREC_FAST);
+    static const uint32_t types[] = {IA_TYPE_Q8_0, IA_TYPE_Q4_0, IA_TYPE_Q4_K};
+    enum { NI = 512, NO = 21, NT = 9 };
+    float *X = xmalloc((size_t)NT * NI * 4);
+    for (int t = 0; t < NT; t++)
+        for (int i = 0; i < NI; i++) {
+            float *x = &X[(size_t)t * NI + i];
+            switch (t % 5) {
+            case 0: *x = 1.0f; break;                    /* q = 127 everywhere */
+            case 1: *x = -1.0f; break;                   /* q = -127 */
+            case 2: *x = i & 1 ? 3.0f : -3.0f; break;    /* alternating */
+            case 3: *x = (i / 32) & 1 ? -2.0f : 2.0f; break;
+            default: *x = ia_rng_normal(&r); break;
+            }
+        }
+    for (int ti = 0; ti < 3; ti++) {
+        const uint32_t type = types[ti];
+        const size_t rs = ia_type_row_size(type, NI), ny = (size_t)NT * NO;
+        uint8_t *W = xmalloc(rs * NO);
+        for (int o = 0; o < NO; o++) {
+            uint8_t *row = W + (size_t)o * rs;
+            if (type == IA_TYPE_Q8_0) {
+                for (int j = 0; j < NI / 32; j++) {
+                    ia_block_q8_0 *b = (ia_block_q8_0 *)row + j;
+                    b->d = 0x3C00;
+                    for (int i = 0; i < 32; i++) {
+                        const int kind = (o + j) % 4;
+                        b->qs[i] = (int8_t)(kind == 0 ? -128 : kind == 1 ? 127 : kind == 2 ? (i & 1 ? 127 : -128)
+                                                                                       : (int)(ia_rng_next(&r) & 0xFF) - 128);
+                    }
+                }
+            } else if (type == IA_TYPE_Q4_0) {
+                for (int j = 0; j < NI / 32; j++) {
+                    ia_block_q4_0 *b = (ia_block_q4_0 *)row + j;
+                    b->d = 0x3800;
+                    for (int i = 0; i < 16; i++) {
+                        const int kind = (o + j) % 4;
+                        b->qs[i] = (uint8_t)(kind == 0 ? 0xFF : kind == 1 ? 0x00 : kind == 2 ? 0x0F : ia_rng_next(&r) & 0xFF);
+                    }
+                }
+            } else {
+                for (int sb = 0; sb < NI / IA_QK_K; sb++) {
+                    ia_block_q4_K *b = (ia_block_q4_K *)row + sb;
+                    b->d = 0x3C00;
+                    b->dmin = 0x3800;
+                    for (int i = 0; i < 12; i++) b->scales[i] = (uint8_t)(o & 1 ? 0xFF : ia_rng_next(&r) & 0xFF);
+                    for (int i = 0; i < IA_QK_K / 2; i++) b->qs[i] = (uint8_t)((o + sb) % 3 == 2 ? ia_rng_next(&r) & 0xFF : 0xFF);
+                }
+            }
+        }
+        float *Yr = xmalloc(ny * 4), *Yf = xmalloc(ny * 4);
+        assert_true(ia_kernel_force("scalar"));
+        ia_matmul_infer(Yr, X, W, type, NT, NI, NO);
+        for (size_t i = 0; i < ny; i++) assert_true(isfinite(Yr[i]));
+        for (int k = 1; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k]) || !ia_matmul_uses_q8(type)) continue;
+            assert_int_equal(ia_qpack_add(W, type, NI, NO), IA_OK);
+            for (int n = 1; n <= NT; n++) { /* every tile shape: 1..NT tokens per call */
+                memset(Yf, 0xFF, ny * 4);
+                ia_matmul_infer(Yf, X, W, type, n, NI, NO);
+                if (memcmp(Yf, Yr, (size_t)n * NO * 4) != 0)
+                    fail_msg("%s (%s) %s extremes, %d tokens: differs from the scalar reference", kernels[k],
+                             ia_q8_kernel_get()->name, ia_type_name(type), n);
+            }
+            ia_qpack_remove(W);
+        }
+        ia_kernel_force(NULL);
+        free(W); free(Yr); free(Yf);
+    }
+    assert_int_equal(ia_qpack_bytes(), 0);
+    free(X);
+    ia_set_precision(saved_prec);
 }
 
 /* ==== attention and log-sum-exp ==== */
@@ -1130,6 +1218,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_matmul_thread_invariance),
         cmocka_unit_test(test_qact_quantize),
         cmocka_unit_test(test_matmul_q8),
+        cmocka_unit_test(test_matmul_q8_extremes),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_logsumexp),
     };

@@ -95,6 +95,7 @@ const ia_q8_kernel *ia_q8_kernel_get(void);
 #if defined(__x86_64__)
 extern const ia_q8_kernel ia_q8_kernel_avx512;      /* VNNI */
 extern const ia_q8_kernel ia_q8_kernel_avx512_bf16; /* VNNI and BF16 */
+extern const ia_q8_kernel ia_q8_kernel_avx2;        /* AVX2 vpmaddubsw, no BF16 (qmatmul_avx2.c) */
 #endif
 
 /* The 12 scale bytes of a Q4_K block hold 8 six-bit scales and 8 six-bit mins: sub-blocks 0-3 in

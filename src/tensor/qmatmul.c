@@ -402,7 +402,10 @@ const ia_q8_kernel *ia_q8_kernel_get(void) {
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512vnni"))
             return __builtin_cpu_supports("avx512bf16") ? &ia_q8_kernel_avx512_bf16 : &ia_q8_kernel_avx512;
+        return &ia_q8_kernel_avx2; /* AVX-512 without VNNI (Skylake-X): the AVX2 integer kernel */
     }
+    /* the avx2 family already requires avx2, fma and f16c */
+    if (strcmp(fam, "avx2") == 0) return &ia_q8_kernel_avx2;
 #endif
     return NULL;
 }

@@ -103,8 +103,8 @@ void ia_set_precision(int prec);
 /* Whether the type has a low-precision path (Q8_0/Q4_0/Q4_K: int8 activations; BF16: bf16 ones). */
 bool ia_q8_type(uint32_t wtype);
 /* Whether ia_matmul_infer on this weight type uses int8 activations now (FAST, and the selected
- * kernel family has an integer kernel: scalar (the reference) and avx512 with VNNI; for BF16 also
- * AVX512_BF16). */
+ * kernel family has an integer kernel: scalar (the reference), avx2 (vpmaddubsw) and avx512 (vpdpbusd
+ * with VNNI, else the avx2 one); BF16 needs AVX512_BF16). */
 bool ia_matmul_uses_q8(uint32_t wtype);
 
 /* Y = X·Wᵀ for the forward pass: ia_matmul, or in FAST precision the integer path. Every kernel
