@@ -11,7 +11,7 @@ nok() { n=$((n+1)); echo "not ok $n - $1"; [ $# -gt 1 ] && echo "# $2"; }
 check() { local name=$1; shift; if "$@"; then ok "$name"; else nok "$name"; fi; }
 
 # --help on every command exits 0 and prints a usage line
-for c in "" info tokenize generate make-model; do
+for c in "" info tokenize generate make-model bench; do
   out=$($BIN $c --help 2>&1); rc=$?
   if [ $rc -eq 0 ] && grep -q "usage: iteralign" <<<"$out"; then ok "--help ${c:-(top)}"; else nok "--help ${c:-(top)}" "rc=$rc"; fi
 done
@@ -102,4 +102,23 @@ if $BIN train -m data/models/stories260K.gguf --data "$T/tr.jsonl" -o "$T/a.gguf
 else
   nok "generate --lora = merged model" "train or merge failed"
 fi
+# bench: every part on small random models (int8 and bf16 activation paths), its own checks pass
+for ty in q8_0 bf16; do
+  if $BIN make-model --preset tiny-llama --type $ty --vocab data/tokenizer/ggml-vocab-llama-spm.gguf --out "$T/b.gguf" >/dev/null 2>&1 &&
+     $BIN bench -m "$T/b.gguf" -t 2 -p 64 -n 16 --npl 1,4 --npp 16 --ntg 8 --score-ctx 64 --score-chunks 1 -r 1 \
+       --train-steps 2 --train-len 32 --bw-mib 16 --json "$T/b.json" > "$T/b.out" 2>&1; then
+    /usr/bin/python3 - "$T/b.json" <<'PY' && ok "bench $ty: pp, tg, batch, score, train, bw measured and checked" || nok "bench $ty" "$(cat "$T/b.out")"
+import sys, json
+r = json.loads(open(sys.argv[1]).readlines()[-1])
+assert r["ok"] is True, "a check failed"
+for k in ("pp", "tg", "score", "train", "bw_gbs", "batch"):
+    assert k in r, k
+assert r["train"]["tps"] > 0 and r["train"]["peak_mib"] > 0 and r["train"]["ok"]
+assert [b["npl"] for b in r["batch"]] == [1, 4]
+PY
+  else
+    nok "bench $ty" "$(tail -5 "$T/b.out" 2>/dev/null)"
+  fi
+  rm -f "$T/b.gguf" "$T/b.json"
+done
 rm -rf "$T"

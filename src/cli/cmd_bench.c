@@ -1,14 +1,16 @@
-/* cmd_bench.c — `iteralign bench`: a model's prefill, decode, batched-generation and scoring speed on
- * this machine and the read bandwidth that bounds decoding; every figure is checked (the fast path
- * against the scalar reference kernels, big batches against small ones) so a wrong kernel cannot
- * post a number. Human-readable lines on stdout, one JSON object per run with --json. */
+/* cmd_bench.c — `iteralign bench`: a model's prefill, decode, batched-generation, scoring and LoRA
+ * training speed on this machine and the read bandwidth that bounds decoding; every figure is checked
+ * (the fast path against the scalar reference kernels, big batches against small ones) so a wrong
+ * kernel cannot post a number. Human-readable lines on stdout, one JSON object per run with --json. */
 #include "cli.h"
 #include "model/model.h"
 #include "tensor/pool.h"
 #include "tensor/tensor.h"
+#include "train/train.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -16,11 +18,12 @@
 #include <immintrin.h>
 #endif
 
-enum { B_BW = 1, B_PP = 2, B_TG = 4, B_BATCH = 8, B_SCORE = 16, B_CHECK = 32, B_ALL = 63 };
+enum { B_BW = 1, B_PP = 2, B_TG = 4, B_BATCH = 8, B_SCORE = 16, B_CHECK = 32, B_TRAIN = 64, B_ALL = 127 };
 
 typedef struct bench_opts {
     const char *model, *json_path, *score_file;
     int threads, pp, tg, npp, ntg, reps, score_ctx, score_chunks, check_tok;
+    int train_steps, train_batch, train_len; /* LoRA training: optimizer steps, sequences a step, tokens */
     int npl[16], n_npl;
     unsigned what;
     double tol;       /* reference check: max|Δlogit| / max|logit| allowed (0: the kernel's own) */
@@ -31,7 +34,8 @@ static void bench_help(FILE *f) {
     fputs("usage: iteralign bench [options] -m MODEL.gguf\n\n"
           "Measures a model on this machine: prefill (pp) and decode (tg) tokens/s, batched generation\n"
           "at several sequence counts, log-likelihood scoring tokens/s (llama-perplexity's protocol) and\n"
-          "the memory read bandwidth with the decode speed it allows. Each figure is checked: logits of\n"
+          "the memory read bandwidth with the decode speed it allows, and LoRA training tokens/s and peak\n"
+          "memory (rank 8 on q,k,v,o,gate,up,down, AdamW). Each figure is checked: logits of\n"
           "the fast kernels against the scalar reference kernels, and big batches against the same tokens\n"
           "decoded in small ones (bit for bit). Tokens are random (seeded), as llama-bench's are.\n\n"
           "options:\n"
@@ -46,7 +50,10 @@ static void bench_help(FILE *f) {
           "      --score-chunks N  scoring: chunks (default 2)\n"
           "      --score-file F    scoring: tokenize this text instead of random tokens\n"
           "  -r, --reps N          repetitions; the median is reported (default 3)\n"
-          "      --only LIST       subset of bw,pp,tg,batch,score,check (default all)\n"
+          "      --only LIST       subset of bw,pp,tg,batch,score,check,train (default all)\n"
+          "      --train-steps N   training: optimizer steps (default 3; the first is warm-up)\n"
+          "      --train-batch N   training: sequences per step (default 2)\n"
+          "      --train-len N     training: tokens per sequence (default 256)\n"
           "      --check-tokens N  tokens compared with the reference kernels (default 8)\n"
           "      --tol X           allowed max|dlogit|/max|logit| vs the reference (default 1e-4; 5e-2 with\n"
           "                        int8 or bf16 activations, IA_PRECISION=fast on Q8_0/Q4_0/Q4_K/BF16)\n"
@@ -575,6 +582,83 @@ out:
 
 /* Bytes of weights one decoded token reads: every layer matrix and the output matrix once (the
  * token embedding contributes one row), plus the f32 norm vectors. */
+/* ---- LoRA training ---------------------------------------------------------------------------- */
+
+typedef struct train_rec {
+    double tps[64];
+    float loss[64], gnorm[64];
+    int n;
+} train_rec;
+
+static void train_progress(void *ud, const ia_train_progress *p) {
+    train_rec *t = ud;
+    if (t->n < 64) {
+        t->tps[t->n] = p->tokens_per_s;
+        t->loss[t->n] = p->loss;
+        t->gnorm[t->n] = p->grad_norm;
+        t->n++;
+    }
+}
+
+/* A few LoRA steps through the trainer (ia_train) on examples longer than --train-len (truncated to it,
+ * so every sequence is full), in a temporary folder that is removed afterwards. Runs before the model
+ * is loaded for inference, so the peak resident memory is the trainer's. The check: finite losses and
+ * gradient norms (the trainer's arithmetic is checked against PyTorch by the test suite). */
+static int bench_train(bres *R, const bench_opts *o, ia_error *err) {
+    const char *td = getenv("TMPDIR");
+    char dir[4096], data[4200], out[4200];
+    snprintf(dir, sizeof dir, "%s/iteralign-bench-XXXXXX", td && *td ? td : "/tmp");
+    if (!mkdtemp(dir)) return ia_error_set(err, IA_ERR_IO, "bench: cannot create a folder under %s", td && *td ? td : "/tmp");
+    snprintf(data, sizeof data, "%s/data.jsonl", dir);
+    snprintf(out, sizeof out, "%s/adapter.gguf", dir);
+    int rc = IA_OK;
+    FILE *f = fopen(data, "w");
+    if (!f) { rc = ia_error_set(err, IA_ERR_IO, "bench: cannot write %s", data); goto clean; }
+    static const char *words[] = {"the", "a", "cat", "dog", "ran", "over", "under", "big", "small", "red", "blue",
+                                  "green", "house", "tree", "river", "mountain", "quickly", "slowly", "happy", "sun"};
+    ia_rng g;
+    ia_rng_seed(&g, 99);
+    for (int i = 0; i < o->train_steps * o->train_batch; i++) {
+        fprintf(f, "{\"prompt\":\"Story %d:\",\"completion\":\"", i);
+        for (int w = 0; w < o->train_len * 2; w++) fprintf(f, " %s", words[ia_rng_next(&g) % 20]);
+        fputs("\"}\n", f);
+    }
+    if (fclose(f) != 0) { rc = ia_error_set(err, IA_ERR_IO, "bench: cannot write %s", data); goto clean; }
+    ia_train_opts t = ia_train_opts_default();
+    t.base_path = o->model;
+    t.data_path = data;
+    t.out_path = out;
+    t.method = IA_TRAIN_LORA;
+    t.lora_rank = 8;
+    t.lora_alpha = 16;
+    t.epochs = 1;
+    t.batch_size = o->train_batch;
+    t.max_len = o->train_len;
+    t.schedule = IA_LR_CONSTANT;
+    t.warmup_ratio = 0;
+    train_rec rec = {0};
+    t.progress = train_progress;
+    t.progress_ud = &rec;
+    ia_train_result res;
+    if ((rc = ia_train(&t, &res, err)) != IA_OK) goto clean;
+    bool ok = rec.n > 0;
+    for (int i = 0; i < rec.n; i++) ok = ok && isfinite(rec.loss[i]) && isfinite(rec.gnorm[i]);
+    const double tps = rec.n > 1 ? median(rec.tps + 1, rec.n - 1) : rec.n ? rec.tps[0] : 0;
+    const double mib = (double)res.peak_bytes / (1024.0 * 1024.0);
+    add_fig(R, "train", json_pack("{s:f,s:f,s:i,s:i,s:i,s:f,s:f,s:b}", "tps", tps, "peak_mib", mib, "steps", rec.n,
+                                  "batch", o->train_batch, "len", o->train_len, "first_loss", (double)res.first_loss,
+                                  "final_loss", (double)res.final_loss, "ok", ok));
+    if (!ok) R->all_ok = false;
+    printf("  train     %7.1f tokens/s   LoRA r8 (q,k,v,o,gate,up,down), %d x %d tokens a step, peak %.0f MiB, "
+           "loss %.4f -> %.4f  %s\n", tps, o->train_batch, o->train_len, mib, (double)res.first_loss,
+           (double)res.final_loss, ok ? "check ok (finite)" : "check FAILED (non-finite loss or gradient)");
+clean:
+    remove(data);
+    remove(out);
+    rmdir(dir);
+    return rc;
+}
+
 static double weight_bytes(const ia_model *m) {
     const ia_hparams *hp = &m->hp;
     double b = 0;
@@ -599,7 +683,9 @@ int cmd_bench(int argc, char **argv) {
         {"reps", required_argument, 0, 'r'},       {"only", required_argument, 0, 7},
         {"check-tokens", required_argument, 0, 8}, {"tol", required_argument, 0, 9},
         {"bw-mib", required_argument, 0, 10},      {"json", required_argument, 0, 11},
-        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+        {"train-steps", required_argument, 0, 12}, {"train-batch", required_argument, 0, 13},
+        {"train-len", required_argument, 0, 14},   {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     bench_opts o = {0};
     o.pp = 512;
     o.tg = 128;
@@ -609,6 +695,9 @@ int cmd_bench(int argc, char **argv) {
     o.score_ctx = 512;
     o.score_chunks = 2;
     o.check_tok = 8;
+    o.train_steps = 3;
+    o.train_batch = 2;
+    o.train_len = 256;
     o.what = B_ALL;
     o.tol = 0;
     o.bw_bytes = (size_t)512 << 20;
@@ -640,7 +729,8 @@ int cmd_bench(int argc, char **argv) {
                 else if (!strcmp(s, "batch")) o.what |= B_BATCH;
                 else if (!strcmp(s, "score")) o.what |= B_SCORE;
                 else if (!strcmp(s, "check")) o.what |= B_CHECK;
-                else return cli_fail("--only: unknown part '%s' (bw,pp,tg,batch,score,check)", s), 2;
+                else if (!strcmp(s, "train")) o.what |= B_TRAIN;
+                else return cli_fail("--only: unknown part '%s' (bw,pp,tg,batch,score,check,train)", s), 2;
             }
             break;
         }
@@ -648,6 +738,9 @@ int cmd_bench(int argc, char **argv) {
         case 9: if (!cli_parse_float("--tol", optarg, &tol)) return 2; o.tol = tol; break;
         case 10: if (!cli_parse_int("--bw-mib", optarg, 16, 1 << 20, &mib)) return 2; o.bw_bytes = (size_t)mib << 20; break;
         case 11: o.json_path = optarg; break;
+        case 12: if (!cli_parse_int("--train-steps", optarg, 1, 64, &o.train_steps)) return 2; break;
+        case 13: if (!cli_parse_int("--train-batch", optarg, 1, 256, &o.train_batch)) return 2; break;
+        case 14: if (!cli_parse_int("--train-len", optarg, 8, 1 << 16, &o.train_len)) return 2; break;
         case 'h': bench_help(stdout); return 0;
         default: return cli_usage_error("bench");
         }
@@ -679,7 +772,13 @@ int cmd_bench(int argc, char **argv) {
     brun r = {0};
     float *keep = NULL;
     int32_t *kept = NULL;
-    if (o.model) {
+    if (o.model && (o.what & B_TRAIN)) { /* first: its peak memory is then the trainer's alone */
+        if (bench_train(&R, &o, &err)) {
+            json_decref(R.root);
+            return cli_fail_err(&err);
+        }
+    }
+    if (o.model && (o.what & ~(unsigned)(B_BW | B_TRAIN))) {
         const double t0 = ia_time_now();
         r.m = ia_model_load(o.model, &err);
         if (!r.m) { json_decref(R.root); return cli_fail_err(&err); }
