@@ -1,23 +1,23 @@
 /* ops.c — training forward/backward pairs (embedding, RMSNorm, matmul, LoRA, RoPE, attention,
- * SwiGLU, cross-entropy, residual), f32, deterministic whatever the thread count. */
+ * SwiGLU, cross-entropy, residual), f32, deterministic whatever the thread count.
+ *
+ * Parallel loops run on the tensor thread pool (tr_par_for / tr_par_run, kern.h), the same threads
+ * ia_matmul uses, so one set of threads shares the cores. The products run through tr_gemm (a
+ * register-tiled AVX-512 kernel with a plain C reference, kern.c): every output element is one
+ * chain of multiply-adds in a fixed order, computed whole by one thread. */
 #include "train/ops.h"
 
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <stdatomic.h>
 
-/* Threads pay off only past a few hundred thousand operations (forking a team costs microseconds,
+#include "train/kern.h"
+
+/* Threads pay off only past a few hundred thousand operations (a pool hand-off costs microseconds,
  * far more on a loaded machine); the split never changes a result. */
 #define PAR_WORK(ops) ((ops) > 3e5)
 
-static int op_threads(void) {
-    int n = ia_get_threads();
-    return n < 1 ? 1 : n;
-}
-
-/* Dot product with eight interleaved partial sums: the same arithmetic as context.c's dot8, so
- * the attention scores match the inference pass bit for bit. */
+/* Dot product with eight interleaved partial sums: the same arithmetic as context.c's dot8 (the
+ * reference attention below). */
 static inline float dot8(const float *a, const float *b, int n) {
     float acc[8] = {0};
     int nv = n & ~7;
@@ -28,6 +28,44 @@ static inline float dot8(const float *a, const float *b, int n) {
     return s;
 }
 
+/* ---- C (+)= A·B over the pool: tiles of rows (or of columns) per thread ---- */
+
+typedef struct {
+    int M, N, K;
+    const float *A;
+    ptrdiff_t ars, acs;
+    const float *B;
+    ptrdiff_t ldb;
+    float *C;
+    ptrdiff_t ldc;
+    bool acc, split_n;
+} gemm_job;
+
+#define GEMM_ROWS 6   /* row tile of the kernel (a split unit that keeps tiles whole) */
+#define GEMM_COLS 64  /* column tile */
+
+static void gemm_body(void *p, int i0, int i1) {
+    const gemm_job *g = p;
+    if (g->split_n) {
+        int n0 = i0 * GEMM_COLS, n1 = i1 * GEMM_COLS < g->N ? i1 * GEMM_COLS : g->N;
+        tr_gemm(g->M, n1 - n0, g->K, g->A, g->ars, g->acs, g->B + n0, g->ldb, g->C + n0, g->ldc, g->acc);
+    } else {
+        int m0 = i0 * GEMM_ROWS, m1 = i1 * GEMM_ROWS < g->M ? i1 * GEMM_ROWS : g->M;
+        tr_gemm(m1 - m0, g->N, g->K, g->A + m0 * g->ars, g->ars, g->acs, g->B, g->ldb, g->C + m0 * g->ldc, g->ldc,
+                g->acc);
+    }
+}
+
+static void gemm_par(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb,
+                     float *C, ptrdiff_t ldc, bool acc) {
+    gemm_job g = {M, N, K, A, ars, acs, B, ldb, C, ldc, acc, false};
+    const int mt = (M + GEMM_ROWS - 1) / GEMM_ROWS, nt = (N + GEMM_COLS - 1) / GEMM_COLS;
+    const int nth = tr_threads();
+    /* rows unless there are too few row tiles to go round */
+    g.split_n = mt < 2 * nth && nt > mt;
+    tr_par_for(g.split_n ? nt : mt, PAR_WORK((double)M * N * K), gemm_body, &g);
+}
+
 /* ==== embedding =============================================================================== */
 
 void tr_embedding_forward(float *x, const int32_t *tok, const ia_weight *emb, int N, int E) {
@@ -36,176 +74,182 @@ void tr_embedding_forward(float *x, const int32_t *tok, const ia_weight *emb, in
         ia_dequantize_row(emb->type, (const uint8_t *)emb->data + (size_t)tok[t] * rs, x + (size_t)t * E, E);
 }
 
-void tr_embedding_backward(float *demb, const float *dx, const int32_t *tok, int N, int E) {
-    /* column blocks: each element of demb has one writer, rows added in token order */
-    const int CB = 64, nb = (E + CB - 1) / CB;
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * E))
-    for (int b = 0; b < nb; b++) {
-        int i0 = b * CB, i1 = i0 + CB < E ? i0 + CB : E;
-        for (int t = 0; t < N; t++) {
-            float *d = demb + (size_t)tok[t] * E;
-            const float *g = dx + (size_t)t * E;
+typedef struct { float *demb; const float *dx; const int32_t *tok; int N, E; } emb_job;
+#define EMB_CB 64
+
+static void emb_bwd_body(void *p, int b0, int b1) {
+    const emb_job *j = p;
+    for (int b = b0; b < b1; b++) {
+        int i0 = b * EMB_CB, i1 = i0 + EMB_CB < j->E ? i0 + EMB_CB : j->E;
+        for (int t = 0; t < j->N; t++) {
+            float *d = j->demb + (size_t)j->tok[t] * j->E;
+            const float *g = j->dx + (size_t)t * j->E;
             for (int i = i0; i < i1; i++) d[i] += g[i];
         }
     }
 }
 
+void tr_embedding_backward(float *demb, const float *dx, const int32_t *tok, int N, int E) {
+    /* column blocks: each element of demb has one writer, rows added in token order */
+    emb_job j = {demb, dx, tok, N, E};
+    tr_par_for((E + EMB_CB - 1) / EMB_CB, PAR_WORK((double)N * E), emb_bwd_body, &j);
+}
+
 /* ==== RMSNorm ================================================================================= */
 
-void tr_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int E, float eps) {
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * E))
-    for (int t = 0; t < N; t++) {
-        const float *xt = x + (size_t)t * E;
-        float *yt = y + (size_t)t * E;
+typedef struct {
+    float *y, *rstd, *dx, *dw;
+    const float *x, *w, *dy, *rs;
+    int N, E;
+    float eps;
+} rms_job;
+
+static void rms_fwd_body(void *p, int t0, int t1) {
+    const rms_job *j = p;
+    const int E = j->E;
+    for (int t = t0; t < t1; t++) {
+        const float *xt = j->x + (size_t)t * E;
+        float *yt = j->y + (size_t)t * E;
         double ss = 0;
         for (int i = 0; i < E; i++) ss += (double)xt[i] * xt[i];
-        float s = (float)(1.0 / sqrt(ss / E + (double)eps));
-        rstd[t] = s;
-        for (int i = 0; i < E; i++) yt[i] = xt[i] * s * w[i];
+        float s = (float)(1.0 / sqrt(ss / E + (double)j->eps));
+        j->rstd[t] = s;
+        for (int i = 0; i < E; i++) yt[i] = xt[i] * s * j->w[i];
+    }
+}
+
+void tr_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int E, float eps) {
+    rms_job j = {.y = y, .rstd = rstd, .x = x, .w = w, .N = N, .E = E, .eps = eps};
+    tr_par_for(N, PAR_WORK((double)N * E), rms_fwd_body, &j);
+}
+
+static void rms_bwd_dx_body(void *p, int t0, int t1) {
+    /* y_i = x_i r w_i, r = (mean(x^2)+eps)^-1/2, dr/dx_j = -r^3 x_j / E:
+     * dx_j = r w_j dy_j - (r^3 / E) x_j sum_i dy_i w_i x_i */
+    const rms_job *j = p;
+    const int E = j->E;
+    for (int t = t0; t < t1; t++) {
+        const float *xt = j->x + (size_t)t * E, *gt = j->dy + (size_t)t * E;
+        float *dxt = j->dx + (size_t)t * E;
+        float r = j->rs[t];
+        double dot = 0;
+        for (int i = 0; i < E; i++) dot += (double)gt[i] * j->w[i] * xt[i];
+        float c = (float)((double)r * r * r * dot / E);
+        for (int i = 0; i < E; i++) dxt[i] += r * j->w[i] * gt[i] - c * xt[i];
+    }
+}
+
+#define RMS_CB 64
+static void rms_bwd_dw_body(void *p, int b0, int b1) {
+    const rms_job *j = p;
+    const int E = j->E;
+    for (int b = b0; b < b1; b++) {
+        int i0 = b * RMS_CB, i1 = i0 + RMS_CB < E ? i0 + RMS_CB : E;
+        for (int t = 0; t < j->N; t++) {
+            const float *xt = j->x + (size_t)t * E, *gt = j->dy + (size_t)t * E;
+            float r = j->rs[t];
+            for (int i = i0; i < i1; i++) j->dw[i] += gt[i] * xt[i] * r;
+        }
     }
 }
 
 void tr_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                          const float *rstd, int N, int E) {
-    /* y_i = x_i r w_i, r = (mean(x^2)+eps)^-1/2, dr/dx_j = -r^3 x_j / E:
-     * dx_j = r w_j dy_j - (r^3 / E) x_j sum_i dy_i w_i x_i */
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * E))
-    for (int t = 0; t < N; t++) {
-        const float *xt = x + (size_t)t * E, *gt = dy + (size_t)t * E;
-        float *dxt = dx + (size_t)t * E;
-        float r = rstd[t];
-        double dot = 0;
-        for (int i = 0; i < E; i++) dot += (double)gt[i] * w[i] * xt[i];
-        float c = (float)((double)r * r * r * dot / E);
-        for (int i = 0; i < E; i++) dxt[i] += r * w[i] * gt[i] - c * xt[i];
-    }
-    if (!dw) return;
-    const int CB = 64, nb = (E + CB - 1) / CB;
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * E))
-    for (int b = 0; b < nb; b++) {
-        int i0 = b * CB, i1 = i0 + CB < E ? i0 + CB : E;
-        for (int t = 0; t < N; t++) {
-            const float *xt = x + (size_t)t * E, *gt = dy + (size_t)t * E;
-            float r = rstd[t];
-            for (int i = i0; i < i1; i++) dw[i] += gt[i] * xt[i] * r;
-        }
-    }
+    rms_job j = {.dx = dx, .dw = dw, .x = x, .w = w, .dy = dy, .rs = rstd, .N = N, .E = E};
+    tr_par_for(N, PAR_WORK((double)N * E), rms_bwd_dx_body, &j);
+    if (dw) tr_par_for((E + RMS_CB - 1) / RMS_CB, PAR_WORK((double)N * E), rms_bwd_dw_body, &j);
 }
 
 /* ==== matmul ================================================================================== */
 
-/* Weight rows dequantised together by the backward; 64 rows of one thread's columns stay in L2
- * while every dY row streams past them. */
-#define TR_MMB_ROWS 64
+/* Weight rows of a quantised base dequantised together by the backward (a panel of one thread's
+ * columns, which stays in cache while every dY row passes over it). */
+#define TR_MMB_ROWS 128
 
-static int max_threads(void) {
-    int n = 1;
-#ifdef _OPENMP
-    n = omp_get_num_procs();
-    if (omp_get_max_threads() > n) n = omp_get_max_threads();
-#endif
-    if (ia_get_threads() > n) n = ia_get_threads();
-    return n;
+size_t tr_matmul_ws_floats(int n_in) { return (size_t)tr_max_threads() * TR_MMB_ROWS * (size_t)n_in; }
+
+typedef struct {
+    float *Y;
+    const float *X;
+    const ia_weight *W;
+    int N, nunit;
+    float *ws;
+} mmf_job;
+
+#define TR_MMF_COLS 64 /* output columns (weight rows) per transposed panel */
+#define TR_MMF_UNIT 16 /* the thread split's unit of output columns */
+
+/* Y[t][o0:o1] = X[t]·W[o]ᵀ for one thread's output columns: a panel of up to 64 weight rows
+ * (dequantised if need be) transposed to [in][64], then tr_gemm: each Y element one chain over i. */
+static void mm_fwd_run(void *p, int tid, int nth) {
+    const mmf_job *j = p;
+    const ia_weight *W = j->W;
+    const int in = W->n_in, out = W->n_out;
+    int u0 = (int)((int64_t)j->nunit * tid / nth), u1 = (int)((int64_t)j->nunit * (tid + 1) / nth);
+    int c0 = u0 * TR_MMF_UNIT, c1 = u1 * TR_MMF_UNIT < out ? u1 * TR_MMF_UNIT : out;
+    float *P = j->ws + (size_t)tid * TR_MMB_ROWS * in, *Dq = P + (size_t)TR_MMF_COLS * in;
+    const size_t rs = ia_type_row_size(W->type, in);
+    for (int o0 = c0; o0 < c1; o0 += TR_MMF_COLS) {
+        const int nr = c1 - o0 < TR_MMF_COLS ? c1 - o0 : TR_MMF_COLS;
+        const float *rows = (const float *)W->data + (size_t)o0 * in;
+        if (W->type != IA_TYPE_F32) {
+            for (int r = 0; r < nr; r++)
+                ia_dequantize_row_fast(W->type, (const uint8_t *)W->data + (size_t)(o0 + r) * rs, Dq + (size_t)r * in, in);
+            rows = Dq;
+        }
+        tr_pack_t(P, TR_MMF_COLS, rows, in, nr, in);
+        tr_gemm(j->N, nr, in, j->X, in, 1, P, TR_MMF_COLS, j->Y + o0, out, false);
+    }
 }
 
-size_t tr_matmul_ws_floats(int n_in) { return (size_t)max_threads() * TR_MMB_ROWS * (size_t)n_in; }
-
-void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N) {
-    ia_matmul(Y, X, W->data, W->type, N, W->n_in, W->n_out);
+void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws) {
+    if (!ws) {
+        ia_matmul(Y, X, W->data, W->type, N, W->n_in, W->n_out);
+    } else {
+        mmf_job j = {Y, X, W, N, (W->n_out + TR_MMF_UNIT - 1) / TR_MMF_UNIT, ws};
+        int nth = tr_threads();
+        if (nth > j.nunit) nth = j.nunit;
+        if (!PAR_WORK((double)N * W->n_in * W->n_out)) nth = 1;
+        tr_par_run(nth, mm_fwd_run, &j);
+    }
     if (!b) return;
     for (int t = 0; t < N; t++)
         for (int o = 0; o < W->n_out; o++) Y[(size_t)t * W->n_out + o] += b[o];
 }
 
-/* Vector clones of the hot loops, chosen at load time (ifunc). The ISO C mode (-std=c11) keeps
- * -ffp-contract=off, so every clone does the same IEEE operations in the same order: the result
- * does not depend on the CPU's vector width. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define TR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define TR_CLONES
-#endif
+typedef struct {
+    float *dX;
+    const float *dY;
+    const ia_weight *W;
+    int N, nblk, bs, unit;
+    float *ws;
+} mmdx_job;
 
-/* d[i] += a0 w0[i] + ... + a7 w7[i] (eight weight rows per pass over d) */
-TR_CLONES static void axpy8(float *restrict d, const float *const *w, const float *a, int n) {
-    const float *restrict w0 = w[0], *restrict w1 = w[1], *restrict w2 = w[2], *restrict w3 = w[3];
-    const float *restrict w4 = w[4], *restrict w5 = w[5], *restrict w6 = w[6], *restrict w7 = w[7];
-    const float a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7];
-#pragma omp simd
-    for (int i = 0; i < n; i++)
-        d[i] += ((a0 * w0[i] + a1 * w1[i]) + (a2 * w2[i] + a3 * w3[i])) +
-                ((a4 * w4[i] + a5 * w5[i]) + (a6 * w6[i] + a7 * w7[i]));
-}
-
-/* The same for four rows of d at once (four tokens): each weight element loaded once feeds four
- * accumulations, which halves the memory traffic of the single-token version. */
-TR_CLONES static void axpy8x4(float *restrict d0, float *restrict d1, float *restrict d2, float *restrict d3,
-                              const float *const *w, const float *g, int ldg, int n) {
-    const float *restrict w0 = w[0], *restrict w1 = w[1], *restrict w2 = w[2], *restrict w3 = w[3];
-    const float *restrict w4 = w[4], *restrict w5 = w[5], *restrict w6 = w[6], *restrict w7 = w[7];
-    float a[4][8];
-    for (int t = 0; t < 4; t++)
-        for (int k = 0; k < 8; k++) a[t][k] = g[(size_t)t * ldg + k];
-#pragma omp simd
-    for (int i = 0; i < n; i++) {
-        float x0 = w0[i], x1 = w1[i], x2 = w2[i], x3 = w3[i], x4 = w4[i], x5 = w5[i], x6 = w6[i], x7 = w7[i];
-        d0[i] += ((a[0][0] * x0 + a[0][1] * x1) + (a[0][2] * x2 + a[0][3] * x3)) +
-                 ((a[0][4] * x4 + a[0][5] * x5) + (a[0][6] * x6 + a[0][7] * x7));
-        d1[i] += ((a[1][0] * x0 + a[1][1] * x1) + (a[1][2] * x2 + a[1][3] * x3)) +
-                 ((a[1][4] * x4 + a[1][5] * x5) + (a[1][6] * x6 + a[1][7] * x7));
-        d2[i] += ((a[2][0] * x0 + a[2][1] * x1) + (a[2][2] * x2 + a[2][3] * x3)) +
-                 ((a[2][4] * x4 + a[2][5] * x5) + (a[2][6] * x6 + a[2][7] * x7));
-        d3[i] += ((a[3][0] * x0 + a[3][1] * x1) + (a[3][2] * x2 + a[3][3] * x3)) +
-                 ((a[3][4] * x4 + a[3][5] * x5) + (a[3][6] * x6 + a[3][7] * x7));
+/* dX[t][i0:i1] += sum_o dY[t][o] W[o][i0:i1] for one thread's column range: tr_gemm sums over o in
+ * row order (one chain per element), so the result depends neither on the column split nor on N. */
+static void mm_dx_run(void *p, int tid, int nth) {
+    const mmdx_job *j = p;
+    const ia_weight *W = j->W;
+    const int in = W->n_in, out = W->n_out;
+    int b0 = (int)((int64_t)j->nblk * tid / nth), b1 = (int)((int64_t)j->nblk * (tid + 1) / nth);
+    int i0 = b0 * j->unit, i1 = b1 * j->unit < in ? b1 * j->unit : in;
+    if (i1 <= i0) return;
+    const int width = i1 - i0;
+    if (W->type == IA_TYPE_F32) {
+        tr_gemm(j->N, width, out, j->dY, out, 1, (const float *)W->data + i0, in, j->dX + i0, in, true);
+        return;
     }
-}
-
-TR_CLONES static void axpy1(float *restrict d, const float *restrict w, float a, int n) {
-#pragma omp simd
-    for (int i = 0; i < n; i++) d[i] += a * w[i];
-}
-
-/* dX[t][i0:i1] += sum_o dY[t][o] W[o][i0:i1] for one thread's column range. The sum over o runs in
- * row order, eight rows per pass, whatever the column split: thread-count invariant. */
-static void mm_backward_dx_cols(float *dX, const float *dY, const ia_weight *W, int N, int i0, int i1, float *ws) {
-    const int in = W->n_in, out = W->n_out, width = i1 - i0;
     const ia_type_traits *tt = ia_type_traits_get(W->type);
     const size_t rs = ia_type_row_size(W->type, in);
-    const bool f32 = W->type == IA_TYPE_F32;
-    const float *rows[TR_MMB_ROWS];
+    float *ws = j->ws + (size_t)tid * TR_MMB_ROWS * in;
     for (int o0 = 0; o0 < out; o0 += TR_MMB_ROWS) {
         int nr = out - o0 < TR_MMB_ROWS ? out - o0 : TR_MMB_ROWS;
         for (int r = 0; r < nr; r++) {
             const uint8_t *row = (const uint8_t *)W->data + (size_t)(o0 + r) * rs;
-            if (f32) {
-                rows[r] = (const float *)row + i0;
-            } else {
-                ia_dequantize_row(W->type, row + (size_t)(i0 / tt->blck_size) * tt->type_size,
-                                  ws + (size_t)r * width, width);
-                rows[r] = ws + (size_t)r * width;
-            }
+            ia_dequantize_row_fast(W->type, row + (size_t)(i0 / tt->blck_size) * tt->type_size, ws + (size_t)r * width,
+                                   width);
         }
-        int t = 0;
-        for (; t + 4 <= N && nr >= 8; t += 4) {
-            /* four tokens at a time over the groups of eight rows (same arithmetic per element as
-             * axpy8: the grouping is over rows, never over tokens) */
-            const float *g = dY + (size_t)t * out + o0;
-            float *d = dX + (size_t)t * in + i0;
-            int r = 0;
-            for (; r + 8 <= nr; r += 8)
-                axpy8x4(d, d + in, d + 2 * (size_t)in, d + 3 * (size_t)in, rows + r, g + r, out, width);
-            for (int k = 0; k < 4; k++)
-                for (int rr = r; rr < nr; rr++)
-                    if (g[(size_t)k * out + rr] != 0) axpy1(d + (size_t)k * in, rows[rr], g[(size_t)k * out + rr], width);
-        }
-        for (; t < N; t++) {
-            const float *g = dY + (size_t)t * out + o0;
-            float *d = dX + (size_t)t * in + i0;
-            int r = 0;
-            for (; r + 8 <= nr; r += 8) axpy8(d, rows + r, g + r, width);
-            for (; r < nr; r++)
-                if (g[r] != 0) axpy1(d, rows[r], g[r], width);
-        }
+        tr_gemm(j->N, width, nr, j->dY + o0, out, 1, ws, width, j->dX + i0, in, true);
     }
 }
 
@@ -213,35 +257,18 @@ void tr_matmul_backward(float *dX, float *dW, float *db, const float *dY, const 
                         int N, float *ws) {
     const int in = W->n_in, out = W->n_out;
     if (dX) {
-        /* split the columns into block-aligned ranges, one per thread */
+        /* the columns in block-aligned ranges (16 columns for f32: whole vectors), one per thread */
         int bs = (int)ia_type_traits_get(W->type)->blck_size;
-        int nblk = in / bs;
-        int nth = op_threads();
-        int mt = max_threads();
-        if (nth > mt) nth = mt;
+        int unit = W->type == IA_TYPE_F32 ? 16 : bs;
+        int nblk = (in + unit - 1) / unit;
+        int nth = tr_threads();
         if (nth > nblk) nth = nblk;
         if (!PAR_WORK((double)N * in * out)) nth = 1;
-#pragma omp parallel for schedule(static) num_threads(nth)
-        for (int j = 0; j < nth; j++) {
-            int b0 = (int)((int64_t)nblk * j / nth), b1 = (int)((int64_t)nblk * (j + 1) / nth);
-            if (b1 > b0)
-                mm_backward_dx_cols(dX, dY, W, N, b0 * bs, b1 * bs, ws + (size_t)j * TR_MMB_ROWS * in);
-        }
+        mmdx_job j = {dX, dY, W, N, nblk, bs, unit, ws};
+        tr_par_run(nth, mm_dx_run, &j);
     }
-    if (dW) {
-        /* dW[o][i] += sum_t dY[t][o] X[t][i]: blocks of 16 rows, one writer per row, t in order */
-        const int RB = 16, nb = (out + RB - 1) / RB;
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * in * out))
-        for (int b = 0; b < nb; b++) {
-            int o0 = b * RB, nr = out - o0 < RB ? out - o0 : RB;
-            for (int t = 0; t < N; t++) {
-                const float *x = X + (size_t)t * in;
-                const float *g = dY + (size_t)t * out + o0;
-                for (int r = 0; r < nr; r++)
-                    if (g[r] != 0) axpy1(dW + (size_t)(o0 + r) * in, x, g[r], in);
-            }
-        }
-    }
+    if (dW) /* dW[o][i] += sum_t dY[t][o] X[t][i] (A = dYᵀ), t in order */
+        gemm_par(out, in, N, dY, 1, out, X, in, dW, in, true);
     if (db) {
         for (int t = 0; t < N; t++)
             for (int o = 0; o < out; o++) db[o] += dY[(size_t)t * out + o];
@@ -262,89 +289,88 @@ bool tr_dropout_keep(uint64_t key, int t, int i, float p) {
     return (double)(h >> 11) * (1.0 / 9007199254740992.0) >= (double)p;
 }
 
+typedef struct {
+    const float *X;
+    float *out;
+    const tr_dropout *dr;
+    int in;
+    float inv;
+} drop_job;
+
+static void drop_body(void *p, int t0, int t1) {
+    const drop_job *j = p;
+    const int in = j->in;
+    for (int t = t0; t < t1; t++)
+        for (int i = 0; i < in; i++)
+            j->out[(size_t)t * in + i] =
+                tr_dropout_keep(j->dr->key, t, i, j->dr->p) ? j->X[(size_t)t * in + i] * j->inv : 0.0f;
+}
+
 /* xd = drop(X) / (1 - p), or NULL when dropout is off (X is used as is). */
 static const float *lora_dropped(const float *X, const tr_dropout *dr, int N, int in, float *xd) {
     if (!dr || dr->p <= 0) return X;
-    float inv = 1.0f / (1.0f - dr->p);
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * in * 4))
-    for (int t = 0; t < N; t++)
-        for (int i = 0; i < in; i++)
-            xd[(size_t)t * in + i] = tr_dropout_keep(dr->key, t, i, dr->p) ? X[(size_t)t * in + i] * inv : 0.0f;
+    drop_job j = {X, xd, dr, in, 1.0f / (1.0f - dr->p)};
+    tr_par_for(N, PAR_WORK((double)N * in * 4), drop_body, &j);
     return xd;
 }
 
+/* d[t][i] += keep(t, i) ? v[t][i] / (1 - p) : 0 */
+static void drop_add_body(void *p, int t0, int t1) {
+    const drop_job *j = p;
+    const int in = j->in;
+    for (int t = t0; t < t1; t++)
+        for (int i = 0; i < in; i++)
+            if (tr_dropout_keep(j->dr->key, t, i, j->dr->p)) j->out[(size_t)t * in + i] += j->X[(size_t)t * in + i] * j->inv;
+}
+
+size_t tr_lora_ws_floats(int N, int in, int out, int r) {
+    return (size_t)N * r + (size_t)r * (in > out ? in : out) + 32;
+}
+
+/* dst[c][rr] = src[rr][c]: a [rows][cols] matrix transposed */
+static void transpose(float *dst, const float *src, int rows, int cols) {
+    for (int rr = 0; rr < rows; rr++)
+        for (int c = 0; c < cols; c++) dst[(size_t)c * rows + rr] = src[(size_t)rr * cols + c];
+}
+
 void tr_lora_forward(float *Y, float *U, const float *X, const float *A, const float *B, float s,
-                     const tr_dropout *dr, int N, int in, int out, int r, float *xd) {
+                     const tr_dropout *dr, int N, int in, int out, int r, float *xd, float *ws) {
     const float *x = lora_dropped(X, dr, N, in, xd);
-    ia_matmul(U, x, A, IA_TYPE_F32, N, in, r);
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * out * r))
-    for (int t = 0; t < N; t++) {
-        const float *u = U + (size_t)t * r;
-        float *y = Y + (size_t)t * out;
-        for (int o = 0; o < out; o++) {
-            const float *b = B + (size_t)o * r;
-            float acc = 0;
-            for (int k = 0; k < r; k++) acc += b[k] * u[k];
-            y[o] += s * acc;
-        }
-    }
+    float *sU = ws, *T = ws + (size_t)N * r; /* s·U [N][r]; Aᵀ [in][r], then Bᵀ [r][out] */
+    /* U[t][k] = sum_i x[t][i] A[k][i] */
+    transpose(T, A, r, in);
+    gemm_par(N, r, in, x, in, 1, T, r, U, r, false);
+    /* Y[t][o] += sum_k (s U[t][k]) B[o][k] */
+    tr_scale_copy(sU, U, s, N * r);
+    transpose(T, B, out, r);
+    gemm_par(N, out, r, sU, r, 1, T, out, Y, out, true);
 }
 
 void tr_lora_backward(float *dX, float *dA, float *dB, const float *dY, const float *X, const float *A,
                       const float *B, const float *U, float s, const tr_dropout *dr, int N, int in,
-                      int out, int r, float *dU, float *xd) {
-    /* dB[o][k] += s sum_t dY[t][o] U[t][k] */
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * out * r))
-    for (int o = 0; o < out; o++) {
-        float *db = dB + (size_t)o * r;
-        for (int t = 0; t < N; t++) {
-            float g = s * dY[(size_t)t * out + o];
-            const float *u = U + (size_t)t * r;
-            for (int k = 0; k < r; k++) db[k] += g * u[k];
-        }
-    }
+                      int out, int r, float *dU, float *xd, float *ws) {
+    float *sU = ws, *T = ws + (size_t)N * r;
+    /* dB[o][k] += sum_t dY[t][o] (s U[t][k]): as Tᵀ = (sU)ᵀ·dY, r rows of `out` columns (full
+     * vectors; the [out][r] form has r = 8 columns), then added in */
+    tr_scale_copy(sU, U, s, N * r);
+    gemm_par(r, out, N, sU, 1, r, dY, out, T, out, false);
+    for (int o = 0; o < out; o++)
+        for (int k = 0; k < r; k++) dB[(size_t)o * r + k] += T[(size_t)k * out + o];
     /* dU[t][k] = s sum_o dY[t][o] B[o][k] */
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * out * r))
-    for (int t = 0; t < N; t++) {
-        float *du = dU + (size_t)t * r;
-        for (int k = 0; k < r; k++) du[k] = 0;
-        const float *g = dY + (size_t)t * out;
-        for (int o = 0; o < out; o++) {
-            float a = s * g[o];
-            const float *b = B + (size_t)o * r;
-            for (int k = 0; k < r; k++) du[k] += a * b[k];
-        }
-    }
-    /* dA[k][i] += sum_t dU[t][k] drop(X)[t][i], in column blocks */
+    gemm_par(N, r, out, dY, out, 1, B, r, dU, r, false);
+    for (size_t i = 0; i < (size_t)N * r; i++) dU[i] *= s;
+    /* dA[k][i] += sum_t dU[t][k] drop(X)[t][i]  (A operand = dUᵀ) */
     const float *x = lora_dropped(X, dr, N, in, xd);
-    const int CB = 64, nb = (in + CB - 1) / CB;
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * in * r))
-    for (int b = 0; b < nb; b++) {
-        int i0 = b * CB, i1 = i0 + CB < in ? i0 + CB : in;
-        for (int t = 0; t < N; t++) {
-            const float *xt = x + (size_t)t * in;
-            const float *du = dU + (size_t)t * r;
-            for (int k = 0; k < r; k++) {
-                float g = du[k];
-                float *da = dA + (size_t)k * in;
-                for (int i = i0; i < i1; i++) da[i] += g * xt[i];
-            }
-        }
-    }
+    gemm_par(r, in, N, dU, 1, r, x, in, dA, in, true);
     if (!dX) return;
     /* dX[t][i] += mask/(1-p) * sum_k dU[t][k] A[k][i] */
-    float inv = (dr && dr->p > 0) ? 1.0f / (1.0f - dr->p) : 1.0f;
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * in * r))
-    for (int t = 0; t < N; t++) {
-        const float *du = dU + (size_t)t * r;
-        float *d = dX + (size_t)t * in;
-        for (int i = 0; i < in; i++) {
-            float acc = 0;
-            for (int k = 0; k < r; k++) acc += du[k] * A[(size_t)k * in + i];
-            if (dr && dr->p > 0) acc = tr_dropout_keep(dr->key, t, i, dr->p) ? acc * inv : 0.0f;
-            d[i] += acc;
-        }
+    if (!dr || dr->p <= 0) {
+        gemm_par(N, in, r, dU, r, 1, A, in, dX, in, true);
+        return;
     }
+    gemm_par(N, in, r, dU, r, 1, A, in, xd, in, false); /* xd is free again */
+    drop_job j = {xd, dX, dr, in, 1.0f / (1.0f - dr->p)};
+    tr_par_for(N, PAR_WORK((double)N * in * 4), drop_add_body, &j);
 }
 
 /* ==== RoPE ==================================================================================== */
@@ -361,10 +387,24 @@ void tr_rope_tables(float *cs, float *sn, int n_pos, const ia_hparams *hp, const
         }
 }
 
-static void rope_rows(float *x, const int32_t *pos, const float *cs, const float *sn, int N, int n_heads, int D,
-                      int n_rot, ia_rope_type type, float dir) {
+typedef struct {
+    float *x;
+    const int32_t *pos;
+    const float *cs, *sn;
+    int n_heads, D, n_rot;
+    ia_rope_type type;
+    float dir;
+} rope_job;
+
+static void rope_body(void *p, int t0, int t1) {
+    const rope_job *j = p;
+    float *x = j->x;
+    const int32_t *pos = j->pos;
+    const float *cs = j->cs, *sn = j->sn, dir = j->dir;
+    const int n_heads = j->n_heads, D = j->D, n_rot = j->n_rot;
+    const ia_rope_type type = j->type;
     int half = n_rot / 2;
-    for (int t = 0; t < N; t++) {
+    for (int t = t0; t < t1; t++) {
         const float *c = cs + (size_t)pos[t] * half, *s = sn + (size_t)pos[t] * half;
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * D;
@@ -377,6 +417,12 @@ static void rope_rows(float *x, const int32_t *pos, const float *cs, const float
             }
         }
     }
+}
+
+static void rope_rows(float *x, const int32_t *pos, const float *cs, const float *sn, int N, int n_heads, int D,
+                      int n_rot, ia_rope_type type, float dir) {
+    rope_job j = {x, pos, cs, sn, n_heads, D, n_rot, type, dir};
+    tr_par_for(N, PAR_WORK((double)N * n_heads * n_rot * 3), rope_body, &j);
 }
 
 void tr_rope_forward(float *x, const int32_t *pos, const float *cs, const float *sn, int N, int n_heads,
@@ -399,61 +445,222 @@ static double attention_work(const int32_t *start, int N, int H, int D) {
     return w * H * D * 2;
 }
 
-size_t tr_attention_ws_floats(int N) { return (size_t)max_threads() * (size_t)(N > 0 ? N : 1); }
+/* Query tokens per block: a block's rows are its tokens times the query heads of one KV head, about
+ * 48 rows (the products below are 48 x keys x D). */
+static int att_qb(int group) { return group >= 48 ? 1 : 48 / group; }
+
+/* Scratch floats per thread: Kᵀ and Vᵀ of a segment [D][N], scores and their gradient [R][N], three
+ * packed [R][D] row blocks and the row scales. */
+static size_t att_ws_per(int N, int H, int Hkv, int D) {
+    const int group = H / Hkv, R = att_qb(group) * group;
+    return 2 * (size_t)D * N + 2 * (size_t)R * N + 3 * (size_t)R * D + (size_t)R + 64;
+}
+
+size_t tr_attention_ws_floats(int N, int H, int Hkv, int D) {
+    return (size_t)tr_max_threads() * att_ws_per(N > 0 ? N : 1, H, Hkv, D);
+}
+
+/* The blocked kernels need segments: tokens with one start form a run beginning at that start. */
+static bool att_segments_ok(const int32_t *start, int N) {
+    for (int t = 0; t < N; t++)
+        if (start[t] != t && (t == 0 || start[t] != start[t - 1])) return false;
+    return true;
+}
+
+/* end of the segment that starts at s0 */
+static int seg_end(const int32_t *start, int N, int s0) {
+    int t = s0 + 1;
+    while (t < N && start[t] == s0) t++;
+    return t;
+}
+
+typedef struct {
+    float *out, *lse, *dq, *dk, *dv, *delta;
+    const float *q, *k, *v, *dout, *o;
+    const int32_t *start;
+    int N, H, Hkv, D, group, QB;
+    float scale;
+    float *ws;
+    size_t ws_per;
+    _Atomic int next;
+} att_job;
+
+/* Kt[d][j] = k row (s0 + j) of head kvh, d < D, j < nk (row stride ld) */
+static void att_transpose(float *Kt, int ld, const float *k, int KV, int s0, int nk, int kvh, int D) {
+    for (int j = 0; j < nk; j++) {
+        const float *kr = k + (size_t)(s0 + j) * KV + (size_t)kvh * D;
+        for (int d = 0; d < D; d++) Kt[(size_t)d * ld + j] = kr[d];
+    }
+}
+
+/* One forward block: query tokens [t0, t1) of one segment, the query heads of KV head kvh. Rows
+ * r = (t - t0) * group + hh; S = Q Kᵀ over keys s0 .. t1-1, softmax per row (keys past t are 0),
+ * O = P V / sum. */
+static void att_fwd_block(const att_job *J, float *ws, int t0, int kvh) {
+    const int D = J->D, group = J->group, H = J->H, Dq = H * D, KV = J->Hkv * D;
+    const int s0 = J->start[t0];
+    int t1 = t0 + J->QB;
+    for (int t = t0 + 1; t < t1; t++)
+        if (t >= J->N || J->start[t] != s0) { t1 = t; break; }
+    const int nq = t1 - t0, R = nq * group, nk = t1 - s0, GD = group * D;
+    float *Kt = ws, *S = Kt + (size_t)D * nk, *Qp = S + (size_t)R * nk, *Op = Qp + (size_t)R * D, *inv = Op + (size_t)R * D;
+    for (int i = 0; i < nq; i++)
+        memcpy(Qp + (size_t)i * GD, J->q + (size_t)(t0 + i) * Dq + (size_t)kvh * GD, (size_t)GD * sizeof(float));
+    att_transpose(Kt, nk, J->k, KV, s0, nk, kvh, D);
+    tr_gemm(R, nk, D, Qp, D, 1, Kt, nk, S, nk, false);
+    for (int r = 0; r < R; r++) {
+        const int t = t0 + r / group, h = kvh * group + r % group;
+        float ms;
+        const float sum = tr_softmax_row(S + (size_t)r * nk, t - s0 + 1, nk, J->scale, &ms);
+        J->lse[(size_t)t * H + h] = ms + logf(sum);
+        inv[r] = 1.0f / sum;
+    }
+    tr_gemm(R, D, nk, S, nk, 1, J->v + (size_t)s0 * KV + (size_t)kvh * D, KV, Op, D, false);
+    for (int r = 0; r < R; r++) {
+        const int t = t0 + r / group, h = kvh * group + r % group;
+        tr_scale_copy(J->out + (size_t)t * Dq + (size_t)h * D, Op + (size_t)r * D, inv[r], D);
+    }
+}
+
+static void att_fwd_run(void *p, int tid, int nth) {
+    att_job *J = p;
+    float *ws = J->ws + (size_t)tid * J->ws_per;
+    const int n = J->N * J->Hkv;
+    for (;;) {
+        const int w = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed);
+        if (w >= n) break;
+        const int t = w / J->Hkv, kvh = w % J->Hkv;
+        if ((t - J->start[t]) % J->QB == 0) att_fwd_block(J, ws, t, kvh); /* t starts a block */
+    }
+    (void)nth;
+}
+
+/* The backward of one segment [s0, s1) and KV head: query blocks in order; per block P and dS
+ * (recomputed from q, k and lse once), dq of the block's rows whole, dk and dv of the segment's keys
+ * accumulated block after block. One thread does the whole (segment, head): every gradient element
+ * has one writer and one order of summation. */
+static void att_bwd_seg(const att_job *J, float *ws, int s0, int kvh) {
+    const int D = J->D, group = J->group, H = J->H, Dq = H * D, KV = J->Hkv * D, GD = group * D;
+    const int s1 = seg_end(J->start, J->N, s0), L = s1 - s0, RB = J->QB * group;
+    float *Kt = ws, *Vt = Kt + (size_t)D * L, *S = Vt + (size_t)D * L, *dP = S + (size_t)RB * L;
+    float *Qp = dP + (size_t)RB * L, *dOp = Qp + (size_t)RB * D, *dQp = dOp + (size_t)RB * D;
+    att_transpose(Kt, L, J->k, KV, s0, L, kvh, D);
+    att_transpose(Vt, L, J->v, KV, s0, L, kvh, D);
+    const float *kseg = J->k + (size_t)s0 * KV + (size_t)kvh * D;
+    float *dkseg = J->dk + (size_t)s0 * KV + (size_t)kvh * D, *dvseg = J->dv + (size_t)s0 * KV + (size_t)kvh * D;
+    for (int t0 = s0; t0 < s1; t0 += J->QB) {
+        const int t1 = t0 + J->QB < s1 ? t0 + J->QB : s1;
+        const int nq = t1 - t0, R = nq * group, nk = t1 - s0;
+        for (int i = 0; i < nq; i++) {
+            const size_t off = (size_t)(t0 + i) * Dq + (size_t)kvh * GD;
+            memcpy(Qp + (size_t)i * GD, J->q + off, (size_t)GD * sizeof(float));
+            memcpy(dOp + (size_t)i * GD, J->dout + off, (size_t)GD * sizeof(float));
+        }
+        tr_gemm(R, nk, D, Qp, D, 1, Kt, L, S, nk, false);   /* raw scores */
+        tr_gemm(R, nk, D, dOp, D, 1, Vt, L, dP, nk, false); /* dP = dout · v */
+        for (int r = 0; r < R; r++) {
+            const int t = t0 + r / group, h = kvh * group + r % group;
+            const float dl = dot8(dOp + (size_t)r * D, J->o + (size_t)t * Dq + (size_t)h * D, D);
+            J->delta[(size_t)t * H + h] = dl;
+            tr_attn_bwd_row(S + (size_t)r * nk, dP + (size_t)r * nk, t - s0 + 1, nk, J->scale,
+                            J->lse[(size_t)t * H + h], dl);
+        }
+        /* S = P, dP = dS (scale included) */
+        tr_gemm(R, D, nk, dP, nk, 1, kseg, KV, dQp, D, false);
+        for (int i = 0; i < nq; i++)
+            tr_add(J->dq + (size_t)(t0 + i) * Dq + (size_t)kvh * GD, dQp + (size_t)i * GD, GD);
+        tr_gemm(nk, D, R, dP, 1, nk, Qp, D, dkseg, KV, true); /* dk += dSᵀ q */
+        tr_gemm(nk, D, R, S, 1, nk, dOp, D, dvseg, KV, true); /* dv += Pᵀ dout */
+    }
+}
+
+static void att_bwd_run(void *p, int tid, int nth) {
+    att_job *J = p;
+    float *ws = J->ws + (size_t)tid * J->ws_per;
+    const int n = J->N * J->Hkv;
+    for (;;) {
+        const int w = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed);
+        if (w >= n) break;
+        const int t = w / J->Hkv, kvh = w % J->Hkv;
+        if (J->start[t] == t) att_bwd_seg(J, ws, t, kvh); /* t starts a segment */
+    }
+    (void)nth;
+}
+
+static int att_nth(const int32_t *start, int N, int H, int D) {
+    int nth = tr_threads();
+    if (!PAR_WORK(attention_work(start, N, H, D))) nth = 1;
+    return nth;
+}
 
 void tr_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *start, int N, int H, int Hkv, int D, float *ws) {
-    const int Dq = H * D, KV = Hkv * D, group = H / Hkv;
-    const float scale = 1.0f / sqrtf((float)D);
-    int nth = op_threads();
-    if (nth > max_threads()) nth = max_threads();
-    if (!PAR_WORK(attention_work(start, N, H, D))) nth = 1;
-#pragma omp parallel num_threads(nth)
-    {
-        /* scores of one (t, h): N bounds any segment */
-#ifdef _OPENMP
-        float *sc = ws + (size_t)omp_get_thread_num() * N;
-#else
-        float *sc = ws;
-#endif
-#pragma omp for schedule(dynamic, 4)
-        for (int w = 0; w < N * H; w++) {
-            int t = w / H, h = w % H, kvh = h / group, s0 = start[t];
-            const float *qh = q + (size_t)t * Dq + (size_t)h * D;
-            float mx = -INFINITY;
-            for (int p = s0; p <= t; p++) {
-                float s = dot8(qh, k + (size_t)p * KV + (size_t)kvh * D, D) * scale;
-                sc[p - s0] = s;
-                if (s > mx) mx = s;
-            }
-            float sum = 0;
-            for (int p = s0; p <= t; p++) {
-                sc[p - s0] = expf(sc[p - s0] - mx);
-                sum += sc[p - s0];
-            }
-            float inv = 1.0f / sum;
-            lse[(size_t)t * H + h] = mx + logf(sum);
-            float *o = out + (size_t)t * Dq + (size_t)h * D;
-            for (int d = 0; d < D; d++) o[d] = 0;
-            for (int p = s0; p <= t; p++) {
-                const float *vp = v + (size_t)p * KV + (size_t)kvh * D;
-                float a = sc[p - s0] * inv;
-                for (int d = 0; d < D; d++) o[d] += a * vp[d];
-            }
-        }
+    if (!att_segments_ok(start, N)) {
+        tr_attention_forward_ref(out, lse, q, k, v, start, N, H, Hkv, D, ws);
+        return;
     }
+    att_job J = {.out = out, .lse = lse, .q = q, .k = k, .v = v, .start = start, .N = N, .H = H, .Hkv = Hkv, .D = D,
+                 .group = H / Hkv, .QB = att_qb(H / Hkv), .scale = 1.0f / sqrtf((float)D), .ws = ws,
+                 .ws_per = att_ws_per(N, H, Hkv, D)};
+    atomic_init(&J.next, 0);
+    tr_par_run(att_nth(start, N, H, D), att_fwd_run, &J);
 }
 
 void tr_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *start, int N,
-                           int H, int Hkv, int D, float *delta) {
+                           int H, int Hkv, int D, float *delta, float *ws) {
+    if (!att_segments_ok(start, N)) {
+        tr_attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, start, N, H, Hkv, D, delta);
+        return;
+    }
+    att_job J = {.dq = dq, .dk = dk, .dv = dv, .delta = delta, .q = q, .k = k, .v = v, .dout = dout, .o = out,
+                 .lse = (float *)lse, .start = start, .N = N, .H = H, .Hkv = Hkv, .D = D, .group = H / Hkv,
+                 .QB = att_qb(H / Hkv), .scale = 1.0f / sqrtf((float)D), .ws = ws, .ws_per = att_ws_per(N, H, Hkv, D)};
+    atomic_init(&J.next, 0);
+    tr_par_run(att_nth(start, N, H, D), att_bwd_run, &J);
+}
+
+/* ---- the plain references (one thread): per (t, h) as context.c does it (dot8, expf softmax) ---- */
+
+void tr_attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *start, int N, int H, int Hkv, int D, float *ws) {
+    const int Dq = H * D, KV = Hkv * D, group = H / Hkv;
+    const float scale = 1.0f / sqrtf((float)D);
+    float *sc = ws; /* scores of one (t, h): N bounds any segment */
+    for (int w = 0; w < N * H; w++) {
+        int t = w / H, h = w % H, kvh = h / group, s0 = start[t];
+        const float *qh = q + (size_t)t * Dq + (size_t)h * D;
+        float mx = -INFINITY;
+        for (int p = s0; p <= t; p++) {
+            float s = dot8(qh, k + (size_t)p * KV + (size_t)kvh * D, D) * scale;
+            sc[p - s0] = s;
+            if (s > mx) mx = s;
+        }
+        float sum = 0;
+        for (int p = s0; p <= t; p++) {
+            sc[p - s0] = expf(sc[p - s0] - mx);
+            sum += sc[p - s0];
+        }
+        float inv = 1.0f / sum;
+        lse[(size_t)t * H + h] = mx + logf(sum);
+        float *o = out + (size_t)t * Dq + (size_t)h * D;
+        for (int d = 0; d < D; d++) o[d] = 0;
+        for (int p = s0; p <= t; p++) {
+            const float *vp = v + (size_t)p * KV + (size_t)kvh * D;
+            float a = sc[p - s0] * inv;
+            for (int d = 0; d < D; d++) o[d] += a * vp[d];
+        }
+    }
+}
+
+void tr_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                               const float *v, const float *out, const float *lse, const int32_t *start, int N,
+                               int H, int Hkv, int D, float *delta) {
     const int Dq = H * D, KV = Hkv * D, group = H / Hkv;
     const float scale = 1.0f / sqrtf((float)D);
     /* P[t,p] = exp(s[t,p] - lse[t]); dP = dout_t . v_p; dS = P (dP - delta_t), delta_t = dout_t . out_t;
      * dq_t = scale sum_p dS k_p; dk_p = scale sum_t dS q_t; dv_p = sum_t P dout_t. */
-    const bool par = PAR_WORK(attention_work(start, N, H, D));
     /* pass 1: per query (t, h): delta and dq */
-#pragma omp parallel for schedule(dynamic, 4) num_threads(op_threads()) if (par)
     for (int w = 0; w < N * H; w++) {
         int t = w / H, h = w % H, kvh = h / group;
         const float *qh = q + (size_t)t * Dq + (size_t)h * D, *go = dout + (size_t)t * Dq + (size_t)h * D;
@@ -468,13 +675,13 @@ void tr_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
             for (int d = 0; d < D; d++) dqh[d] += dS * kp[d];
         }
     }
-    /* pass 2: per key (p, kv head): dk, dv over the queries of its segment that see it */
-#pragma omp parallel for schedule(dynamic, 4) num_threads(op_threads()) if (par)
+    /* pass 2: per key (p, kv head): dk, dv over the queries that see it (any start[]) */
     for (int w = 0; w < N * Hkv; w++) {
         int p = w / Hkv, kvh = w % Hkv;
         const float *kp = k + (size_t)p * KV + (size_t)kvh * D, *vp = v + (size_t)p * KV + (size_t)kvh * D;
         float *dkp = dk + (size_t)p * KV + (size_t)kvh * D, *dvp = dv + (size_t)p * KV + (size_t)kvh * D;
-        for (int t = p; t < N && start[t] == start[p]; t++)
+        for (int t = p; t < N; t++) {
+            if (start[t] > p) continue;
             for (int h = kvh * group; h < (kvh + 1) * group; h++) {
                 const float *qh = q + (size_t)t * Dq + (size_t)h * D, *go = dout + (size_t)t * Dq + (size_t)h * D;
                 float P = expf(dot8(qh, kp, D) * scale - lse[(size_t)t * H + h]);
@@ -484,69 +691,109 @@ void tr_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                     dkp[d] += dS * qh[d];
                 }
             }
+        }
     }
 }
 
 /* ==== SwiGLU ================================================================================== */
 
+typedef struct { float *h, *dg, *du; const float *g, *u, *dh; size_t n; } glu_job;
+#define GLU_CHUNK 4096
+
+static void glu_fwd_body(void *p, int c0, int c1) {
+    const glu_job *j = p;
+    size_t i1 = (size_t)c1 * GLU_CHUNK < j->n ? (size_t)c1 * GLU_CHUNK : j->n;
+    size_t i0 = (size_t)c0 * GLU_CHUNK;
+    tr_swiglu_fwd(j->h + i0, j->g + i0, j->u + i0, i1 - i0);
+}
+
 void tr_swiglu_forward(float *h, const float *g, const float *u, size_t n) {
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)n * 8))
-    for (size_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    glu_job j = {.h = h, .g = g, .u = u, .n = n};
+    tr_par_for((int)((n + GLU_CHUNK - 1) / GLU_CHUNK), PAR_WORK((double)n * 8), glu_fwd_body, &j);
+}
+
+static void glu_bwd_body(void *p, int c0, int c1) {
+    /* silu(g) = g sig(g); silu'(g) = sig(g) (1 + g (1 - sig(g))) */
+    const glu_job *j = p;
+    size_t i0 = (size_t)c0 * GLU_CHUNK, i1 = (size_t)c1 * GLU_CHUNK < j->n ? (size_t)c1 * GLU_CHUNK : j->n;
+    tr_swiglu_bwd(j->dg + i0, j->du + i0, j->dh + i0, j->g + i0, j->u + i0, i1 - i0);
 }
 
 void tr_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
-    /* silu(g) = g sig(g); silu'(g) = sig(g) (1 + g (1 - sig(g))) */
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)n * 8))
-    for (size_t i = 0; i < n; i++) {
-        float sg = 1.0f / (1.0f + expf(-g[i]));
-        du[i] += dh[i] * g[i] * sg;
-        dg[i] += dh[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
-    }
+    glu_job j = {.dg = dg, .du = du, .dh = dh, .g = g, .u = u, .n = n};
+    tr_par_for((int)((n + GLU_CHUNK - 1) / GLU_CHUNK), PAR_WORK((double)n * 8), glu_bwd_body, &j);
 }
 
 /* ==== cross-entropy =========================================================================== */
 
-/* log-sum-exp of a row: expf of the shifted logits (exact to f32), summed in double */
+/* log-sum-exp of a row: exp of the shifted logits, summed in double */
 static double row_lse(const float *l, int V) {
     float mx = -INFINITY;
     for (int i = 0; i < V; i++) if (l[i] > mx) mx = l[i];
-    double s = 0;
-    for (int i = 0; i < V; i++) s += expf(l[i] - mx);
-    return mx + log(s);
+    return mx + log(tr_sum_exp(l, V, mx));
 }
 
-void tr_crossentropy_forward(float *loss, const float *logits, const int32_t *target, int N, int V) {
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * V * 8))
-    for (int t = 0; t < N; t++) {
-        const float *l = logits + (size_t)t * V;
-        loss[t] = target[t] < 0 ? 0.0f : (float)(row_lse(l, V) - l[target[t]]);
+typedef struct { float *loss, *dl; const float *logits, *dloss; const int32_t *target; int V; } ce_job;
+
+static void ce_fwd_body(void *p, int t0, int t1) {
+    const ce_job *j = p;
+    for (int t = t0; t < t1; t++) {
+        const float *l = j->logits + (size_t)t * j->V;
+        j->loss[t] = j->target[t] < 0 ? 0.0f : (float)(row_lse(l, j->V) - l[j->target[t]]);
     }
 }
 
-void tr_crossentropy_softmax_backward(float *dlogits, const float *dloss, const int32_t *target, int N, int V) {
-#pragma omp parallel for schedule(static) num_threads(op_threads()) if (PAR_WORK((double)N * V * 8))
-    for (int t = 0; t < N; t++) {
-        float *l = dlogits + (size_t)t * V;
-        if (target[t] < 0) {
+void tr_crossentropy_forward(float *loss, const float *logits, const int32_t *target, int N, int V) {
+    ce_job j = {.loss = loss, .logits = logits, .target = target, .V = V};
+    tr_par_for(N, PAR_WORK((double)N * V * 8), ce_fwd_body, &j);
+}
+
+static void ce_bwd_body(void *p, int t0, int t1) {
+    const ce_job *j = p;
+    const int V = j->V;
+    for (int t = t0; t < t1; t++) {
+        float *l = j->dl + (size_t)t * V;
+        if (j->target[t] < 0) {
             memset(l, 0, (size_t)V * sizeof(float));
             continue;
         }
         float lse = (float)row_lse(l, V);
-        float g = dloss[t];
-        for (int i = 0; i < V; i++) l[i] = g * expf(l[i] - lse);
-        l[target[t]] -= g;
+        tr_scaled_exp(l, l, V, lse, j->dloss[t]);
+        l[j->target[t]] -= j->dloss[t];
     }
+}
+
+void tr_crossentropy_softmax_backward(float *dlogits, const float *dloss, const int32_t *target, int N, int V) {
+    ce_job j = {.dl = dlogits, .dloss = dloss, .target = target, .V = V};
+    tr_par_for(N, PAR_WORK((double)N * V * 8), ce_bwd_body, &j);
 }
 
 /* ==== residual ================================================================================ */
 
+typedef struct { float *y, *db; const float *a, *b; size_t n; } res_job;
+#define RES_CHUNK 16384
+
+static void res_fwd_body(void *p, int c0, int c1) {
+    const res_job *j = p;
+    size_t i1 = (size_t)c1 * RES_CHUNK < j->n ? (size_t)c1 * RES_CHUNK : j->n;
+    for (size_t i = (size_t)c0 * RES_CHUNK; i < i1; i++) j->y[i] = j->a[i] + j->b[i];
+}
+
 void tr_residual_forward(float *y, const float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    res_job j = {.y = y, .a = a, .b = b, .n = n};
+    tr_par_for((int)((n + RES_CHUNK - 1) / RES_CHUNK), PAR_WORK((double)n), res_fwd_body, &j);
+}
+
+static void res_bwd_body(void *p, int c0, int c1) {
+    const res_job *j = p; /* y: da, b: dy */
+    size_t i1 = (size_t)c1 * RES_CHUNK < j->n ? (size_t)c1 * RES_CHUNK : j->n;
+    for (size_t i = (size_t)c0 * RES_CHUNK; i < i1; i++) {
+        j->y[i] += j->b[i];
+        j->db[i] += j->b[i];
+    }
 }
 
 void tr_residual_backward(float *da, float *db, const float *dy, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        da[i] += dy[i];
-        db[i] += dy[i];
-    }
+    res_job j = {.y = da, .db = db, .b = dy, .n = n};
+    tr_par_for((int)((n + RES_CHUNK - 1) / RES_CHUNK), PAR_WORK((double)n), res_bwd_body, &j);
 }

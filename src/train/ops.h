@@ -12,6 +12,12 @@
  *
  * Determinism: every output element is computed whole by one thread in a fixed order, so results
  * do not depend on the thread count (resume-after-kill reproduces an uninterrupted run).
+ *
+ * Threads: the parallel loops run on the tensor thread pool (src/tensor/pool.h) through kern.h's
+ * tr_par_for / tr_par_run, never OpenMP, so the trainer and ia_matmul share one set of threads.
+ * Products go through tr_gemm (kern.h: AVX-512 with fused multiply-adds where the CPU has it, a
+ * plain C reference otherwise): results agree across kernel families to rounding, and are
+ * bit-identical across thread counts within one.
  */
 #ifndef IA_TRAIN_OPS_H
 #define IA_TRAIN_OPS_H
@@ -30,11 +36,14 @@ void tr_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, 
                          const float *rstd, int N, int E);
 
 /* ---- matmul with a frozen or trainable weight of any supported type ---- */
-/* Y[t][o] = sum_i X[t][i] W[o][i] (+ b[o]); ia_matmul, so bit-identical to the inference pass. */
-void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N);
+/* Y[t][o] = sum_i X[t][i] W[o][i] (+ b[o]). With ws (tr_matmul_ws_floats(W->n_in) floats): panels
+ * of weight rows transposed, then tr_gemm (each element one chain over i, whatever the thread
+ * split); ws NULL: ia_matmul, bit-identical to the inference pass. */
+void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws);
 /* dX += dY·W (any type, dequantised on the fly, W never copied whole), dW += dYᵀ·X (dW f32 [out][in],
  * NULL for a frozen weight), db += column sums of dY (NULL if none). `ws` is a scratch of
- * tr_matmul_ws_floats(W) floats; allocation-free. */
+ * tr_matmul_ws_floats(W) floats; allocation-free. dX: tr_gemm over the weight rows (a quantised
+ * weight dequantised a panel of rows at a time), each element one chain over o in row order. */
 void tr_matmul_backward(float *dX, float *dW, float *db, const float *dY, const float *X, const ia_weight *W,
                         int N, float *ws);
 size_t tr_matmul_ws_floats(int n_in);
@@ -47,14 +56,16 @@ typedef struct tr_dropout {
     uint64_t key;          /* hash key of this (micro-batch, layer, matrix) */
 } tr_dropout;
 bool tr_dropout_keep(uint64_t key, int t, int i, float p);
-/* A [r][in], B [out][r]; U [N][r]; xd: scratch [N][in] (used only when dropout is on). */
+/* A [r][in], B [out][r]; U [N][r]; xd: scratch [N][in] (used only when dropout is on); ws: scratch
+ * of tr_lora_ws_floats(N, in, out, r) floats. */
 void tr_lora_forward(float *Y, float *U, const float *X, const float *A, const float *B, float s,
-                     const tr_dropout *dr, int N, int in, int out, int r, float *xd);
-/* dX += (s·dY·B ⊙ ... )·A, dA += dUᵀ·drop(X), dB += s·dYᵀ·U. dU: scratch [N][r]; xd: scratch [N][in].
- * dX may be NULL (nothing upstream needs it). */
+                     const tr_dropout *dr, int N, int in, int out, int r, float *xd, float *ws);
+/* dX += (s·dY·B ⊙ ... )·A, dA += dUᵀ·drop(X), dB += s·dYᵀ·U. dU: scratch [N][r]; xd: scratch [N][in];
+ * ws as for the forward. dX may be NULL (nothing upstream needs it). */
 void tr_lora_backward(float *dX, float *dA, float *dB, const float *dY, const float *X, const float *A,
                       const float *B, const float *U, float s, const tr_dropout *dr, int N, int in,
-                      int out, int r, float *dU, float *xd);
+                      int out, int r, float *dU, float *xd, float *ws);
+size_t tr_lora_ws_floats(int N, int in, int out, int r);
 
 /* ---- RoPE, in place on [N][n_heads][D] rows; cs/sn tables [n_pos][n_rot/2] ---- */
 void tr_rope_forward(float *x, const int32_t *pos, const float *cs, const float *sn, int N, int n_heads,
@@ -64,16 +75,26 @@ void tr_rope_backward(float *dx, const int32_t *pos, const float *cs, const floa
                       int D, int n_rot, ia_rope_type type);
 
 /* ---- causal attention with GQA over segments: token t attends to tokens start[t]..t ---- */
-/* q [N][H*D], k, v [N][Hkv*D]; out [N][H*D]; lse [N][H] (saved for backward). The arithmetic
- * per (t, h) mirrors context.c (dot8, expf softmax, 1/sqrt(D)). */
+/* q [N][H*D], k, v [N][Hkv*D]; out [N][H*D]; lse [N][H] (saved for backward). Blocks of query
+ * tokens times the query heads of one KV head: S = Q·Kᵀ, softmax (expf, 1/sqrt(D)), O = P·V through
+ * tr_gemm. Segments are runs of tokens sharing a start (other start[] go to the reference). */
 void tr_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *start, int N, int H, int Hkv, int D, float *ws);
-size_t tr_attention_ws_floats(int N); /* scratch of the forward: one score row per thread */
-/* dq, dk, dv += ...; delta: scratch [N][H]. Two passes (queries, then keys) so each gradient
- * element has one writer. */
+/* scratch of the forward and the backward (per thread: Kᵀ, Vᵀ, score blocks) */
+size_t tr_attention_ws_floats(int N, int H, int Hkv, int D);
+/* dq, dk, dv += ...; delta: scratch [N][H]; ws as for the forward. One (segment, KV head) per task,
+ * its query blocks in order: P and dS computed once per block, each gradient element has one
+ * writer and one order of summation. */
 void tr_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *start, int N,
-                           int H, int Hkv, int D, float *delta);
+                           int H, int Hkv, int D, float *delta, float *ws);
+/* The plain references, one (t, h) at a time as context.c (dot8, expf softmax); any start[]
+ * (token t attends to start[t]..t). ws: N floats. Single-threaded. */
+void tr_attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *start, int N, int H, int Hkv, int D, float *ws);
+void tr_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                               const float *v, const float *out, const float *lse, const int32_t *start, int N,
+                               int H, int Hkv, int D, float *delta);
 
 /* ---- SwiGLU: h = silu(g) * u ---- */
 void tr_swiglu_forward(float *h, const float *g, const float *u, size_t n);

@@ -193,6 +193,12 @@ static void point_views(tr_model *tm) {
     }
 }
 
+int tr_head_chunk(int n_vocab, int max_tokens) {
+    size_t rows = (size_t)TR_HEAD_LOGITS_MIB * 1048576 / sizeof(float) / (size_t)(n_vocab > 0 ? n_vocab : 1);
+    int c = rows < 32 ? 32 : rows > 256 ? 256 : (int)rows;
+    return c < max_tokens ? c : max_tokens;
+}
+
 /* ---- init / free ------------------------------------------------------------------------------- */
 
 static size_t mul_sz(size_t a, size_t b) { return (a && b > SIZE_MAX / a) ? SIZE_MAX : a * b; }
@@ -265,10 +271,13 @@ int tr_model_init(tr_model *tm, const ia_model *base, const tr_model_opts *o, ia
     for (int j = 0; j < TR_NLIN; j++) if (o->method == IA_TRAIN_LORA && (o->targets & (1u << j))) n_lora++;
     size_t per_layer = N * (E * 3 + Dq * 2 + KV * 2 + H + F * 3 + 2 + (size_t)n_lora * r) + 16 * 20;
     size_t n_acts = o->recompute ? 1 : L;
-    size_t CH = TR_HEAD_CHUNK;
+    tm->head_chunk = tr_head_chunk(hp->n_vocab, o->max_tokens);
+    size_t CH = (size_t)tm->head_chunk;
+    const size_t att_ws = tr_attention_ws_floats((int)N, (int)H, hp->n_head_kv, hp->head_dim);
+    const size_t lora_ws = r ? tr_lora_ws_floats((int)N, (int)wmax, (int)wmax, (int)r) : 0;
     size_t total = (L + 1) * N * E + n_acts * per_layer + N * E + N + N * (E > F ? E : F) /* fo */
                    + N * E * 2 + N * Dq * 2 + N * KV * 2 + N * F * 3 + N * (r ? r : 1) + N * wmax + N * H
-                   + tr_matmul_ws_floats((int)wmax) + tr_attention_ws_floats((int)N) + CH * E * 2 + CH * V + CH * 2
+                   + tr_matmul_ws_floats((int)wmax) + att_ws + lora_ws + CH * E * 2 + CH * V + CH * 2
                    + 64 * 32;
     tm->acts = ia_calloc(n_acts, sizeof *tm->acts);
     tm->act_mem = ia_malloc(mul_sz(total, sizeof(float)));
@@ -318,7 +327,8 @@ int tr_model_init(tr_model *tm, const ia_model *base, const tr_model_opts *o, ia
     CARVE(tm->xd, N * wmax);
     CARVE(tm->delta, N * H);
     CARVE(tm->mm_ws, tr_matmul_ws_floats((int)wmax));
-    CARVE(tm->att_ws, tr_attention_ws_floats((int)N));
+    CARVE(tm->att_ws, att_ws);
+    CARVE(tm->lora_ws, lora_ws);
     CARVE(tm->head_x, CH * E);
     CARVE(tm->head_dx, CH * E);
     CARVE(tm->logits, CH * V);
@@ -404,10 +414,11 @@ static uint64_t dropout_key(const tr_model *tm, int l, int j) {
 }
 
 static void linear_forward(tr_model *tm, float *Y, float *U, const float *X, const tr_linear *ln, int N, int l, int j) {
-    tr_matmul_forward(Y, X, &ln->w, ln->b, N);
+    tr_matmul_forward(Y, X, &ln->w, ln->b, N, tm->mm_ws);
     if (ln->A) {
         tr_dropout dr = {tm->o.dropout, dropout_key(tm, l, j)};
-        tr_lora_forward(Y, U, X, ln->A, ln->B, tm->scale, &dr, N, ln->w.n_in, ln->w.n_out, tm->o.rank, tm->xd);
+        tr_lora_forward(Y, U, X, ln->A, ln->B, tm->scale, &dr, N, ln->w.n_in, ln->w.n_out, tm->o.rank, tm->xd,
+                        tm->lora_ws);
     }
 }
 
@@ -417,7 +428,7 @@ static void linear_backward(tr_model *tm, float *dX, const tr_linear *ln, const 
     if (ln->A) {
         tr_dropout dr = {tm->o.dropout, dropout_key(tm, l, j)};
         tr_lora_backward(dX, ln->dA, ln->dB, dY, X, ln->A, ln->B, U, tm->scale, &dr, N, ln->w.n_in, ln->w.n_out,
-                         tm->o.rank, tm->dU, tm->xd);
+                         tm->o.rank, tm->dU, tm->xd, tm->lora_ws);
     }
 }
 
@@ -474,14 +485,17 @@ static void layer_backward(tr_model *tm, int l, const tr_batch *b) {
     memset(tm->dk, 0, (size_t)N * KV * sizeof(float));
     memset(tm->dv, 0, (size_t)N * KV * sizeof(float));
     tr_attention_backward(tm->dq, tm->dk, tm->dv, tm->dy, a->q, a->k, a->v, a->y, a->lse, b->start, N, H, Hkv, D,
-                          tm->delta);
+                          tm->delta, tm->att_ws);
     tr_rope_backward(tm->dq, b->pos, tm->rope_cos, tm->rope_sin, N, H, D, hp->n_rot, hp->rope_type);
     tr_rope_backward(tm->dk, b->pos, tm->rope_cos, tm->rope_sin, N, Hkv, D, hp->n_rot, hp->rope_type);
-    memset(tm->dxn, 0, (size_t)N * E * sizeof(float));
-    linear_backward(tm, tm->dxn, &ly->lin[TR_Q], tm->dq, a->xn1, a->lu[TR_Q], N, l, TR_Q);
-    linear_backward(tm, tm->dxn, &ly->lin[TR_K], tm->dk, a->xn1, a->lu[TR_K], N, l, TR_K);
-    linear_backward(tm, tm->dxn, &ly->lin[TR_V], tm->dv, a->xn1, a->lu[TR_V], N, l, TR_V);
-    tr_rmsnorm_backward(tm->dx, ly->d_attn_norm, tm->dxn, x, ly->attn_norm, a->rstd1, N, E);
+    /* the first layer's input gradient feeds only a trained embedding: without one, skip it */
+    const bool need_dx = l > 0 || tm->d_tok_embd || ly->d_attn_norm;
+    float *dxn = need_dx ? tm->dxn : NULL;
+    if (need_dx) memset(tm->dxn, 0, (size_t)N * E * sizeof(float));
+    linear_backward(tm, dxn, &ly->lin[TR_Q], tm->dq, a->xn1, a->lu[TR_Q], N, l, TR_Q);
+    linear_backward(tm, dxn, &ly->lin[TR_K], tm->dk, a->xn1, a->lu[TR_K], N, l, TR_K);
+    linear_backward(tm, dxn, &ly->lin[TR_V], tm->dv, a->xn1, a->lu[TR_V], N, l, TR_V);
+    if (need_dx) tr_rmsnorm_backward(tm->dx, ly->d_attn_norm, tm->dxn, x, ly->attn_norm, a->rstd1, N, E);
 }
 
 /* ---- the whole model -------------------------------------------------------------------------- */
@@ -509,13 +523,13 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
     const int N = b->N, E = tm->hp.n_embd, V = tm->hp.n_vocab, L = tm->hp.n_layer;
     forward_layers(tm, b);
     /* the head, a chunk of loss tokens at a time: logits exist only for tokens that carry loss,
-     * and only TR_HEAD_CHUNK rows of them at once (V can be 150k) */
+     * and only head_chunk rows of them at once (V can be 150k) */
     double loss_sum = 0;
     if (backward) memset(tm->dxn, 0, (size_t)N * E * sizeof(float)); /* d xnf */
     int t = 0;
     while (t < N) {
         int c = 0;
-        for (; t < N && c < TR_HEAD_CHUNK; t++) {
+        for (; t < N && c < tm->head_chunk; t++) {
             if (b->target[t] < 0) continue;
             tm->head_idx[c] = t;
             tm->head_tgt[c] = b->target[t];
@@ -523,7 +537,7 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
             c++;
         }
         if (!c) break;
-        tr_matmul_forward(tm->logits, tm->head_x, &tm->output, NULL, c);
+        tr_matmul_forward(tm->logits, tm->head_x, &tm->output, NULL, c, tm->mm_ws);
         tr_crossentropy_forward(tm->loss, tm->logits, tm->head_tgt, c, V);
         for (int i = 0; i < c; i++) loss_sum += tm->loss[i];
         if (!backward) continue;
@@ -549,5 +563,5 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
 void tr_model_logits(tr_model *tm, const tr_batch *b, float *logits) {
     check_batch(tm, b);
     forward_layers(tm, b);
-    tr_matmul_forward(logits, tm->xnf, &tm->output, NULL, b->N);
+    tr_matmul_forward(logits, tm->xnf, &tm->output, NULL, b->N, tm->mm_ws);
 }

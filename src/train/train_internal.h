@@ -120,19 +120,25 @@ typedef struct tr_model {
     float *dU;                     /* [N][r] */
     float *xd;                     /* [N][max(E, F, Dq)] dropped-out LoRA input */
     float *delta;                  /* [N][H] */
-    float *mm_ws;                  /* tr_matmul_ws_floats(max(E, F, Dq)) */
-    float *att_ws;                 /* tr_attention_ws_floats(N) */
-    float *head_x, *head_dx;       /* [TR_HEAD_CHUNK][E] */
-    float *logits;                 /* [TR_HEAD_CHUNK][V] */
-    float *loss;                   /* [TR_HEAD_CHUNK] */
-    float *dloss;                  /* [TR_HEAD_CHUNK] */
-    int32_t *head_tgt, *head_idx;  /* [TR_HEAD_CHUNK] */
+    float *mm_ws;                  /* tr_matmul_ws_floats(max(E, F, Dq)): matmul forward and backward */
+    float *att_ws;                 /* tr_attention_ws_floats(N, H, Hkv, D) */
+    float *lora_ws;                /* tr_lora_ws_floats(N, max(E, F, Dq), .., r) (LoRA only) */
+    int head_chunk;                /* loss tokens whose logits exist at once (tr_head_chunk) */
+    float *head_x, *head_dx;       /* [head_chunk][E] */
+    float *logits;                 /* [head_chunk][V] */
+    float *loss;                   /* [head_chunk] */
+    float *dloss;                  /* [head_chunk] */
+    int32_t *head_tgt, *head_idx;  /* [head_chunk] */
     size_t act_bytes;              /* activations + scratch */
     uint64_t seed;                 /* dropout stream */
     uint64_t micro;                /* micro-batch counter (dropout masks depend on it) */
 } tr_model;
 
-#define TR_HEAD_CHUNK 32           /* loss tokens whose logits exist at once */
+/* Loss tokens whose logits exist at once: about TR_HEAD_LOGITS_MIB of logits, at least 32 and at
+ * most 256 rows (and max_tokens). Each chunk streams the whole output matrix twice (forward and
+ * backward), so bigger chunks read it less often; results do not depend on the chunk size. */
+#define TR_HEAD_LOGITS_MIB 32
+int tr_head_chunk(int n_vocab, int max_tokens);
 
 /* Builds the trainable view over a loaded base: LoRA params (A, B per adapted matrix) or full
  * params (every tensor, f32), activations for o->max_tokens tokens. Parameters are NOT

@@ -1,0 +1,496 @@
+/* kern.c — the trainer's kernels: plain C references, AVX-512 versions (run-time dispatch), and the
+ * parallel loops over the tensor thread pool. See kern.h for the contracts. */
+#include "train/kern.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "tensor/pool.h"
+#include "tensor/tensor.h"
+
+/* ==== parallel loops ========================================================================== */
+
+int tr_max_threads(void) {
+    /* fixed on first use: the scratch buffers sized with it stay big enough whatever
+     * ia_set_threads() says later */
+    static _Atomic int cached;
+    int n = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (n > 0) return n;
+    long np = sysconf(_SC_NPROCESSORS_ONLN);
+    n = np > 0 ? (int)np : 1;
+#ifdef _OPENMP
+    if (omp_get_num_procs() > n) n = omp_get_num_procs();
+    if (omp_get_max_threads() > n) n = omp_get_max_threads();
+#endif
+    if (ia_get_threads() > n) n = ia_get_threads();
+    if (n > 256) n = 256;
+    int expect = 0;
+    if (!atomic_compare_exchange_strong(&cached, &expect, n)) n = expect;
+    return n;
+}
+
+int tr_threads(void) {
+    int n = ia_get_threads(), mx = tr_max_threads();
+    if (n < 1) n = 1;
+    return n > mx ? mx : n;
+}
+
+typedef struct {
+    void (*body)(void *, int, int);
+    void *arg;
+    int n;
+} par_range;
+
+static void par_range_run(void *p, int tid, int nth) {
+    const par_range *r = p;
+    int i0 = (int)((int64_t)r->n * tid / nth), i1 = (int)((int64_t)r->n * (tid + 1) / nth);
+    if (i1 > i0) r->body(r->arg, i0, i1);
+}
+
+void tr_par_for(int n, bool par, void (*body)(void *arg, int i0, int i1), void *arg) {
+    if (n <= 0) return;
+    int nth = par ? tr_threads() : 1;
+    if (nth > n) nth = n;
+    if (nth <= 1) {
+        body(arg, 0, n);
+        return;
+    }
+    par_range r = {body, arg, n};
+    ia_pool_run(nth, par_range_run, &r);
+}
+
+void tr_par_run(int nth, void (*body)(void *arg, int tid, int nth), void *arg) {
+    if (nth > tr_max_threads()) nth = tr_max_threads();
+    if (nth <= 1) {
+        body(arg, 0, 1);
+        return;
+    }
+    ia_pool_run(nth, body, arg);
+}
+
+/* ==== references ============================================================================== */
+
+/* Vector clones of the reference loops (ISO C mode keeps -ffp-contract=off: a*b is rounded, then
+ * the sum, in every clone). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define TR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TR_CLONES
+#endif
+
+TR_CLONES void tr_gemm_ref(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B,
+                           ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
+    float s[256];
+    for (int m = 0; m < M; m++)
+        for (int n0 = 0; n0 < N; n0 += 256) {
+            const int nn = N - n0 < 256 ? N - n0 : 256;
+            float *restrict c = C + m * ldc + n0;
+            if (!acc && K == 0)
+                for (int n = 0; n < nn; n++) c[n] = 0.0f;
+            for (int k0 = 0; k0 < K; k0 += TR_GEMM_KB) {
+                const int k1 = K - k0 < TR_GEMM_KB ? K : k0 + TR_GEMM_KB;
+                for (int n = 0; n < nn; n++) s[n] = 0.0f;
+                for (int k = k0; k < k1; k++) {
+                    const float a = A[m * ars + k * acs];
+                    const float *restrict b = B + k * ldb + n0;
+#pragma omp simd
+                    for (int n = 0; n < nn; n++) s[n] += a * b[n];
+                }
+                if (acc || k0 > 0)
+                    for (int n = 0; n < nn; n++) c[n] += s[n];
+                else
+                    for (int n = 0; n < nn; n++) c[n] = s[n];
+            }
+        }
+}
+
+void tr_pack_t_ref(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+    /* blocks of 64 k: the 64 x rows destination block stays in L1 */
+    for (int k0 = 0; k0 < K; k0 += 64) {
+        const int k1 = K - k0 < 64 ? K : k0 + 64;
+        for (int r = 0; r < rows; r++) {
+            const float *w = W + r * ldw;
+            for (int k = k0; k < k1; k++) P[(size_t)k * ldp + r] = w[k];
+        }
+    }
+}
+
+float tr_softmax_row_ref(float *s, int nv, int nk, float scale, float *mx_scaled) {
+    float mx = -INFINITY;
+    for (int j = 0; j < nv; j++)
+        if (s[j] > mx) mx = s[j];
+    const float ms = mx * scale; /* scale > 0: the max of the scaled scores */
+    float sum = 0;
+    for (int j = 0; j < nv; j++) {
+        s[j] = expf(s[j] * scale - ms);
+        sum += s[j];
+    }
+    for (int j = nv; j < nk; j++) s[j] = 0.0f;
+    *mx_scaled = ms;
+    return sum;
+}
+
+void tr_attn_bwd_row_ref(float *s, float *dp, int nv, int nk, float scale, float lse, float delta) {
+    for (int j = 0; j < nv; j++) {
+        const float p = expf(s[j] * scale - lse);
+        s[j] = p;
+        dp[j] = p * (dp[j] - delta) * scale;
+    }
+    for (int j = nv; j < nk; j++) s[j] = dp[j] = 0.0f;
+}
+
+double tr_sum_exp_ref(const float *x, int n, float mx) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += expf(x[i] - mx);
+    return s;
+}
+
+void tr_scaled_exp_ref(float *out, const float *x, int n, float sub, float g) {
+    for (int i = 0; i < n; i++) out[i] = g * expf(x[i] - sub);
+}
+
+void tr_swiglu_fwd_ref(float *h, const float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void tr_swiglu_bwd_ref(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float sg = 1.0f / (1.0f + expf(-g[i]));
+        du[i] += dh[i] * g[i] * sg;
+        dg[i] += dh[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+    }
+}
+
+TR_CLONES void tr_scale_copy(float *restrict y, const float *restrict x, float a, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] = a * x[i];
+}
+
+TR_CLONES void tr_add(float *restrict y, const float *restrict x, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* ==== AVX-512 ================================================================================= */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define TR_AVX512 1
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define INLINE __attribute__((always_inline)) inline
+
+/* ---- gemm: 6 rows x 64 columns of C in 24 registers; per k, four B vectors and six broadcasts of
+ * A feed 24 FMAs. K runs in blocks of TR_GEMM_KB (the B panel, KB x 64, stays in L1 while all the
+ * row tiles pass over it); each block's sum starts from zero and is then added to C. ---- */
+#define G_MR 6
+#define G_NV 4
+#define G_KB TR_GEMM_KB
+
+T512 static INLINE void gemm_tile(const int mr, const int nv, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs,
+                                  const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk,
+                                  bool acc) {
+    __m512 c[G_MR][G_NV];
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) c[m][v] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m512 b[G_NV];
+        const float *bk = B + k * ldb;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) b[v] = _mm512_maskz_loadu_ps(mk[v], bk + 16 * v);
+        const float *ak = A + k * acs;
+#pragma GCC unroll 6
+        for (int m = 0; m < mr; m++) {
+            const __m512 a = _mm512_set1_ps(ak[m * ars]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) c[m][v] = _mm512_fmadd_ps(a, b[v], c[m][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __m512 r = c[m][v];
+            if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], C + m * ldc + 16 * v), r);
+            _mm512_mask_storeu_ps(C + m * ldc + 16 * v, mk[v], r);
+        }
+}
+
+#define TILE_CASE(MR_, NV_)                                                                                \
+    case (MR_) * 8 + (NV_):                                                                                \
+        gemm_tile(MR_, NV_, K, A, ars, acs, B, ldb, C, ldc, mk, acc);                                      \
+        break;
+#define TILE_ROW(MR_) TILE_CASE(MR_, 1) TILE_CASE(MR_, 2) TILE_CASE(MR_, 3) TILE_CASE(MR_, 4)
+
+T512 static void gemm_tile_any(int mr, int nv, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B,
+                               ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk, bool acc) {
+    switch (mr * 8 + nv) {
+        TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4) TILE_ROW(5) TILE_ROW(6)
+    default: break;
+    }
+}
+
+T512 static void gemm_avx512(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B,
+                             ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!acc)
+            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    for (int k0 = 0; k0 < K; k0 += G_KB) {
+        const int kb = K - k0 < G_KB ? K - k0 : G_KB;
+        const bool a2 = acc || k0 > 0;
+        for (int n0 = 0; n0 < N; n0 += 16 * G_NV) {
+            const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV;
+            const int nv = (w + 15) / 16;
+            __mmask16 mk[G_NV];
+            for (int v = 0; v < G_NV; v++) {
+                int l = w - 16 * v;
+                mk[v] = l >= 16 ? (__mmask16)0xFFFF : l > 0 ? (__mmask16)((1u << l) - 1) : (__mmask16)0;
+            }
+            const float *Bp = B + k0 * ldb + n0;
+            const float *Ap = A + k0 * acs;
+            int m0 = 0;
+            for (; m0 + G_MR <= M; m0 += G_MR)
+                gemm_tile_any(G_MR, nv, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
+            if (m0 < M)
+                gemm_tile_any(M - m0, nv, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
+        }
+    }
+}
+
+/* exp(x): 2^n p(r), x = n ln2 + r, |r| <= ln2/2, Cephes expf's polynomial (within 2 ulp of expf);
+ * 0 below -103.9 (expf is 0 there too, give or take a denormal), +inf above 88.72. */
+T512 static INLINE __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-103.9f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.8f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __mmask16 tail_mask(int l) { return l >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << l) - 1); }
+
+T512 static float softmax_row_avx512(float *s, int nv, int nk, float scale, float *mx_scaled) {
+    __m512 mxv = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < nv; j += 16) {
+        const __mmask16 m = tail_mask(nv - j);
+        mxv = _mm512_mask_max_ps(mxv, m, mxv, _mm512_maskz_loadu_ps(m, s + j));
+    }
+    const float ms = _mm512_reduce_max_ps(mxv) * scale;
+    const __m512 sc = _mm512_set1_ps(scale), msv = _mm512_set1_ps(ms);
+    __m512 sum = _mm512_setzero_ps();
+    int j = 0;
+    for (; j < nv; j += 16) {
+        const __mmask16 m = tail_mask(nv - j);
+        const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), sc), msv)));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_mask_storeu_ps(s + j, tail_mask(nk - j), e); /* lanes past nv (and before nk) get 0 */
+    }
+    for (; j < nk; j += 16) _mm512_mask_storeu_ps(s + j, tail_mask(nk - j), _mm512_setzero_ps());
+    *mx_scaled = ms;
+    return _mm512_reduce_add_ps(sum);
+}
+
+T512 static void attn_bwd_row_avx512(float *s, float *dp, int nv, int nk, float scale, float lse, float delta) {
+    const __m512 sc = _mm512_set1_ps(scale), l = _mm512_set1_ps(lse), d = _mm512_set1_ps(delta);
+    int j = 0;
+    for (; j < nv; j += 16) {
+        const __mmask16 m = tail_mask(nv - j), mw = tail_mask(nk - j);
+        const __m512 p = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), sc), l)));
+        const __m512 g = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dp + j), d)), sc);
+        _mm512_mask_storeu_ps(s + j, mw, p);
+        _mm512_mask_storeu_ps(dp + j, mw, g);
+    }
+    for (; j < nk; j += 16) {
+        _mm512_mask_storeu_ps(s + j, tail_mask(nk - j), _mm512_setzero_ps());
+        _mm512_mask_storeu_ps(dp + j, tail_mask(nk - j), _mm512_setzero_ps());
+    }
+}
+
+T512 static double sum_exp_avx512(const float *x, int n, float mx) {
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m)));
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+T512 static void scaled_exp_avx512(float *out, const float *x, int n, float sub, float g) {
+    const __m512 s = _mm512_set1_ps(sub), gv = _mm512_set1_ps(g);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), s));
+        _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(gv, e));
+    }
+}
+T512 static void swiglu_fwd_avx512(float *h, const float *g, const float *u, size_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask((int)(n - i < 16 ? n - i : 16));
+        const __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        const __m512 hv = _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(k, u + i));
+        _mm512_mask_storeu_ps(h + i, k, hv);
+    }
+}
+
+T512 static void swiglu_bwd_avx512(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask((int)(n - i < 16 ? n - i : 16));
+        const __m512 gv = _mm512_maskz_loadu_ps(k, g + i), hv = _mm512_maskz_loadu_ps(k, dh + i);
+        const __m512 sg = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+        const __m512 a = _mm512_mul_ps(_mm512_mul_ps(hv, gv), sg);
+        const __m512 b = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(hv, _mm512_maskz_loadu_ps(k, u + i)), sg),
+                                       _mm512_add_ps(one, _mm512_mul_ps(gv, _mm512_sub_ps(one, sg))));
+        _mm512_mask_storeu_ps(du + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, du + i), a));
+        _mm512_mask_storeu_ps(dg + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, dg + i), b));
+    }
+}
+/* 16 x 16 blocks transposed in registers (unpack, then 128-bit lane shuffles); the edges as the
+ * reference does them. */
+T512 static void pack_t_avx512(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+    const int r16 = rows & ~15, k16 = K & ~15;
+    for (int r0 = 0; r0 < r16; r0 += 16)
+        for (int k0 = 0; k0 < k16; k0 += 16) {
+            __m512 r[16], t[16], u[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(W + (r0 + i) * ldw + k0);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) { /* rows 4g..4g+3: u[4g + j] holds column 4L + j in lane L */
+                u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+                u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+                u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+                u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+                const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88),
+                             w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+                _mm512_storeu_ps(P + (size_t)(k0 + j) * ldp + r0, _mm512_shuffle_f32x4(v0, w0, 0x88));
+                _mm512_storeu_ps(P + (size_t)(k0 + 4 + j) * ldp + r0, _mm512_shuffle_f32x4(v1, w1, 0x88));
+                _mm512_storeu_ps(P + (size_t)(k0 + 8 + j) * ldp + r0, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+                _mm512_storeu_ps(P + (size_t)(k0 + 12 + j) * ldp + r0, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+            }
+        }
+    for (int r = 0; r < rows; r++) {
+        const float *w = W + r * ldw;
+        for (int k = r < r16 ? k16 : 0; k < K; k++) P[(size_t)k * ldp + r] = w[k];
+    }
+}
+#endif /* x86-64 */
+
+/* ==== dispatch ================================================================================ */
+
+bool tr_kern_avx512(void) {
+#ifdef TR_AVX512
+    /* the tensor kernels' family: "avx512" only where the CPU has AVX-512 F/BW/VL/DQ */
+    const char *k = ia_cpu_kernel_name();
+    return strcmp(k, "avx512") == 0;
+#else
+    return false;
+#endif
+}
+
+void tr_gemm(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb,
+             float *C, ptrdiff_t ldc, bool acc) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) {
+        gemm_avx512(M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
+        return;
+    }
+#endif
+    tr_gemm_ref(M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
+}
+
+float tr_softmax_row(float *s, int nv, int nk, float scale, float *mx_scaled) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) return softmax_row_avx512(s, nv, nk, scale, mx_scaled);
+#endif
+    return tr_softmax_row_ref(s, nv, nk, scale, mx_scaled);
+}
+
+void tr_attn_bwd_row(float *s, float *dp, int nv, int nk, float scale, float lse, float delta) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) {
+        attn_bwd_row_avx512(s, dp, nv, nk, scale, lse, delta);
+        return;
+    }
+#endif
+    tr_attn_bwd_row_ref(s, dp, nv, nk, scale, lse, delta);
+}
+
+double tr_sum_exp(const float *x, int n, float mx) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) return sum_exp_avx512(x, n, mx);
+#endif
+    return tr_sum_exp_ref(x, n, mx);
+}
+
+void tr_scaled_exp(float *out, const float *x, int n, float sub, float g) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) {
+        scaled_exp_avx512(out, x, n, sub, g);
+        return;
+    }
+#endif
+    tr_scaled_exp_ref(out, x, n, sub, g);
+}
+
+void tr_swiglu_fwd(float *h, const float *g, const float *u, size_t n) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) {
+        swiglu_fwd_avx512(h, g, u, n);
+        return;
+    }
+#endif
+    tr_swiglu_fwd_ref(h, g, u, n);
+}
+
+void tr_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) {
+        swiglu_bwd_avx512(dg, du, dh, g, u, n);
+        return;
+    }
+#endif
+    tr_swiglu_bwd_ref(dg, du, dh, g, u, n);
+}
+
+void tr_pack_t(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+#ifdef TR_AVX512
+    if (tr_kern_avx512()) {
+        pack_t_avx512(P, ldp, W, ldw, rows, K);
+        return;
+    }
+#endif
+    tr_pack_t_ref(P, ldp, W, ldw, rows, K);
+}
