@@ -9,6 +9,7 @@
 #endif
 #include "kernels.h"
 #include "pool.h"
+#include "simd.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -19,16 +20,6 @@
 
 /* ---- reference ---------------------------------------------------------------------------- */
 
-/* Dot product with eight interleaved partial sums (i mod 8). */
-static inline float dot8(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int nv = n & ~7;
-    for (int k = 0; k < nv; k += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[k + l] * b[k + l];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (int k = nv; k < n; k++) s += a[k] * b[k];
-    return s;
-}
 
 /* One (token t, head h): softmax(q·K^T * scale) · V over positions 0..pos[t] of the token's slot. */
 static void attn_one_ref(const ia_attn *a, int t, int h, float *sc) {
@@ -38,7 +29,7 @@ static void attn_one_ref(const ia_attn *a, int t, int h, float *sc) {
     const size_t base = ((size_t)a->slot[t] * a->n_layer + a->layer) * a->n_ctx * (size_t)KV + (size_t)(h / group) * D;
     float mx = -INFINITY;
     for (int p = 0; p <= pos; p++) {
-        float s = dot8(qh, a->k_cache + base + (size_t)p * KV, D) * a->scale;
+        float s = ia_dot8(qh, a->k_cache + base + (size_t)p * KV, D) * a->scale;
         sc[p] = s;
         if (s > mx) mx = s;
     }
@@ -96,26 +87,10 @@ void ia_attention_ref(const ia_attn *a) { attn_run(a, attn_one_ref); }
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define INLINE __attribute__((always_inline)) inline
 
-/* exp(x) for x <= 0 (scores minus their maximum): 2^n · p(r), x = n·ln2 + r, |r| <= ln2/2, a degree-6
- * polynomial (Cephes expf's coefficients): within 2 ulp of expf; below -87.3 it is 0. */
+/* exp(x) for x <= 0 (scores minus their maximum): ia_exp512, and exactly 0 below -87.3 (no denormals). */
 T512 static INLINE __m512 exp512(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.33654f);
-    const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_max_ps(x, lo);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    const __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512 e = _mm512_scalef_ps(p, n);
-    return _mm512_mask_mov_ps(e, under, _mm512_setzero_ps());
+    const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_LT_OQ);
+    return _mm512_mask_mov_ps(ia_exp512(x), under, _mm512_setzero_ps());
 }
 
 /* Sum of each of 16 vectors, result lane i = sum of v[i]'s lanes (a transpose-and-add network whose

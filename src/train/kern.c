@@ -11,6 +11,7 @@
 #endif
 
 #include "tensor/pool.h"
+#include "tensor/simd.h"
 #include "tensor/tensor.h"
 
 /* ==== parallel loops ========================================================================== */
@@ -266,25 +267,6 @@ T512 static void gemm_avx512(int M, int N, int K, const float *A, ptrdiff_t ars,
     }
 }
 
-/* exp(x): 2^n p(r), x = n ln2 + r, |r| <= ln2/2, Cephes expf's polynomial (within 2 ulp of expf);
- * 0 below -103.9 (expf is 0 there too, give or take a denormal), +inf above 88.72. */
-T512 static INLINE __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-103.9f));
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.8f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    const __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
 
 static inline __mmask16 tail_mask(int l) { return l >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << l) - 1); }
 
@@ -300,7 +282,7 @@ T512 static float softmax_row_avx512(float *s, int nv, int nk, float scale, floa
     int j = 0;
     for (; j < nv; j += 16) {
         const __mmask16 m = tail_mask(nv - j);
-        const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), sc), msv)));
+        const __m512 e = _mm512_maskz_mov_ps(m, ia_exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), sc), msv)));
         sum = _mm512_add_ps(sum, e);
         _mm512_mask_storeu_ps(s + j, tail_mask(nk - j), e); /* lanes past nv (and before nk) get 0 */
     }
@@ -314,7 +296,7 @@ T512 static void attn_bwd_row_avx512(float *s, float *dp, int nv, int nk, float 
     int j = 0;
     for (; j < nv; j += 16) {
         const __mmask16 m = tail_mask(nv - j), mw = tail_mask(nk - j);
-        const __m512 p = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), sc), l)));
+        const __m512 p = _mm512_maskz_mov_ps(m, ia_exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), sc), l)));
         const __m512 g = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, dp + j), d)), sc);
         _mm512_mask_storeu_ps(s + j, mw, p);
         _mm512_mask_storeu_ps(dp + j, mw, g);
@@ -330,7 +312,7 @@ T512 static double sum_exp_avx512(const float *x, int n, float mx) {
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (int i = 0; i < n; i += 16) {
         const __mmask16 k = tail_mask(n - i);
-        const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m)));
+        const __m512 e = _mm512_maskz_mov_ps(k, ia_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m)));
         s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
         s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
     }
@@ -341,7 +323,7 @@ T512 static void scaled_exp_avx512(float *out, const float *x, int n, float sub,
     const __m512 s = _mm512_set1_ps(sub), gv = _mm512_set1_ps(g);
     for (int i = 0; i < n; i += 16) {
         const __mmask16 k = tail_mask(n - i);
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), s));
+        const __m512 e = ia_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), s));
         _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(gv, e));
     }
 }
@@ -350,7 +332,7 @@ T512 static void swiglu_fwd_avx512(float *h, const float *g, const float *u, siz
     for (size_t i = 0; i < n; i += 16) {
         const __mmask16 k = tail_mask((int)(n - i < 16 ? n - i : 16));
         const __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        const __m512 e = ia_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
         const __m512 hv = _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(k, u + i));
         _mm512_mask_storeu_ps(h + i, k, hv);
     }
@@ -361,7 +343,7 @@ T512 static void swiglu_bwd_avx512(float *dg, float *du, const float *dh, const 
     for (size_t i = 0; i < n; i += 16) {
         const __mmask16 k = tail_mask((int)(n - i < 16 ? n - i : 16));
         const __m512 gv = _mm512_maskz_loadu_ps(k, g + i), hv = _mm512_maskz_loadu_ps(k, dh + i);
-        const __m512 sg = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+        const __m512 sg = _mm512_div_ps(one, _mm512_add_ps(one, ia_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
         const __m512 a = _mm512_mul_ps(_mm512_mul_ps(hv, gv), sg);
         const __m512 b = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(hv, _mm512_maskz_loadu_ps(k, u + i)), sg),
                                        _mm512_add_ps(one, _mm512_mul_ps(gv, _mm512_sub_ps(one, sg))));

@@ -11,22 +11,12 @@
 #include <stdatomic.h>
 
 #include "train/kern.h"
+#include "tensor/simd.h"
 
 /* Threads pay off only past a few hundred thousand operations (a pool hand-off costs microseconds,
  * far more on a loaded machine); the split never changes a result. */
 #define PAR_WORK(ops) ((ops) > 3e5)
 
-/* Dot product with eight interleaved partial sums: the same arithmetic as context.c's dot8 (the
- * reference attention below). */
-static inline float dot8(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int nv = n & ~7;
-    for (int k = 0; k < nv; k += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[k + l] * b[k + l];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (int k = nv; k < n; k++) s += a[k] * b[k];
-    return s;
-}
 
 /* ---- C (+)= A·B over the pool: tiles of rows (or of columns) per thread ---- */
 
@@ -560,7 +550,7 @@ static void att_bwd_seg(const att_job *J, float *ws, int s0, int kvh) {
         tr_gemm(R, nk, D, dOp, D, 1, Vt, L, dP, nk, false); /* dP = dout · v */
         for (int r = 0; r < R; r++) {
             const int t = t0 + r / group, h = kvh * group + r % group;
-            const float dl = dot8(dOp + (size_t)r * D, J->o + (size_t)t * Dq + (size_t)h * D, D);
+            const float dl = ia_dot8(dOp + (size_t)r * D, J->o + (size_t)t * Dq + (size_t)h * D, D);
             J->delta[(size_t)t * H + h] = dl;
             tr_attn_bwd_row(S + (size_t)r * nk, dP + (size_t)r * nk, t - s0 + 1, nk, J->scale,
                             J->lse[(size_t)t * H + h], dl);
@@ -632,7 +622,7 @@ void tr_attention_forward_ref(float *out, float *lse, const float *q, const floa
         const float *qh = q + (size_t)t * Dq + (size_t)h * D;
         float mx = -INFINITY;
         for (int p = s0; p <= t; p++) {
-            float s = dot8(qh, k + (size_t)p * KV + (size_t)kvh * D, D) * scale;
+            float s = ia_dot8(qh, k + (size_t)p * KV + (size_t)kvh * D, D) * scale;
             sc[p - s0] = s;
             if (s > mx) mx = s;
         }
@@ -664,14 +654,14 @@ void tr_attention_backward_ref(float *dq, float *dk, float *dv, const float *dou
     for (int w = 0; w < N * H; w++) {
         int t = w / H, h = w % H, kvh = h / group;
         const float *qh = q + (size_t)t * Dq + (size_t)h * D, *go = dout + (size_t)t * Dq + (size_t)h * D;
-        float dl = dot8(go, out + (size_t)t * Dq + (size_t)h * D, D);
+        float dl = ia_dot8(go, out + (size_t)t * Dq + (size_t)h * D, D);
         delta[(size_t)t * H + h] = dl;
         float l = lse[(size_t)t * H + h];
         float *dqh = dq + (size_t)t * Dq + (size_t)h * D;
         for (int p = start[t]; p <= t; p++) {
             const float *kp = k + (size_t)p * KV + (size_t)kvh * D, *vp = v + (size_t)p * KV + (size_t)kvh * D;
-            float P = expf(dot8(qh, kp, D) * scale - l);
-            float dS = P * (dot8(go, vp, D) - dl) * scale;
+            float P = expf(ia_dot8(qh, kp, D) * scale - l);
+            float dS = P * (ia_dot8(go, vp, D) - dl) * scale;
             for (int d = 0; d < D; d++) dqh[d] += dS * kp[d];
         }
     }
@@ -684,8 +674,8 @@ void tr_attention_backward_ref(float *dq, float *dk, float *dv, const float *dou
             if (start[t] > p) continue;
             for (int h = kvh * group; h < (kvh + 1) * group; h++) {
                 const float *qh = q + (size_t)t * Dq + (size_t)h * D, *go = dout + (size_t)t * Dq + (size_t)h * D;
-                float P = expf(dot8(qh, kp, D) * scale - lse[(size_t)t * H + h]);
-                float dS = P * (dot8(go, vp, D) - delta[(size_t)t * H + h]) * scale;
+                float P = expf(ia_dot8(qh, kp, D) * scale - lse[(size_t)t * H + h]);
+                float dS = P * (ia_dot8(go, vp, D) - delta[(size_t)t * H + h]) * scale;
                 for (int d = 0; d < D; d++) {
                     dvp[d] += P * go[d];
                     dkp[d] += dS * qh[d];

@@ -1,0 +1,41 @@
+/* simd.h — small numeric helpers shared by the tensor kernels and the trainer's kernels: the plain
+ * eight-way dot product of the reference attention, and a vectorised exp for AVX-512. */
+#ifndef IA_TENSOR_SIMD_H
+#define IA_TENSOR_SIMD_H
+
+/* Dot product with eight interleaved partial sums (i mod 8), added in a fixed tree. */
+static inline float ia_dot8(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int nv = n & ~7;
+    for (int k = 0; k < nv; k += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[k + l] * b[k + l];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int k = nv; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* exp(x): 2^n p(r), x = n ln2 + r, |r| <= ln2/2, Cephes expf's degree-6 polynomial (within 2 ulp of
+ * expf); x is clamped to [-103.9, 88.8]: 0 (give or take a denormal) below, +inf above, as expf. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 ia_exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-103.9f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.8f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+#endif /* IA_TENSOR_SIMD_H */
