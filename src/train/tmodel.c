@@ -269,7 +269,7 @@ int tr_model_init(tr_model *tm, const ia_model *base, const tr_model_opts *o, ia
     if (Dq > wmax) wmax = Dq;
     int n_lora = 0;
     for (int j = 0; j < TR_NLIN; j++) if (o->method == IA_TRAIN_LORA && (o->targets & (1u << j))) n_lora++;
-    size_t per_layer = N * (E * 3 + Dq * 2 + KV * 2 + H + F * 3 + 2 + (size_t)n_lora * r) + 16 * 20;
+    size_t per_layer = N * (E * 3 + Dq * 2 + KV * 2 + H + F * 2 + 2 + (size_t)n_lora * r) + 16 * 20;
     size_t n_acts = o->recompute ? 1 : L;
     tm->head_chunk = tr_head_chunk(hp->n_vocab, o->max_tokens);
     size_t CH = (size_t)tm->head_chunk;
@@ -307,7 +307,6 @@ int tr_model_init(tr_model *tm, const ia_model *base, const tr_model_opts *o, ia
         CARVE(ac->rstd2, N);
         CARVE(ac->g, N * F);
         CARVE(ac->u, N * F);
-        CARVE(ac->h, N * F);
         for (int j = 0; j < TR_NLIN; j++)
             if (r && (o->targets & (1u << j))) CARVE(ac->lu[j], N * r);
     }
@@ -455,8 +454,9 @@ static void layer_forward(tr_model *tm, int l, const tr_batch *b) {
     tr_rmsnorm_forward(a->xn2, a->rstd2, a->xmid, ly->ffn_norm, N, E, hp->rms_eps);
     linear_forward(tm, a->g, a->lu[TR_GATE], a->xn2, &ly->lin[TR_GATE], N, l, TR_GATE);
     linear_forward(tm, a->u, a->lu[TR_UP], a->xn2, &ly->lin[TR_UP], N, l, TR_UP);
-    tr_swiglu_forward(a->h, a->g, a->u, (size_t)N * F);
-    linear_forward(tm, tm->fo, a->lu[TR_DOWN], a->h, &ly->lin[TR_DOWN], N, l, TR_DOWN);
+    float *h = tm->dh; /* silu(g) * u: scratch (the backward makes it again) */
+    tr_swiglu_forward(h, a->g, a->u, (size_t)N * F);
+    linear_forward(tm, tm->fo, a->lu[TR_DOWN], h, &ly->lin[TR_DOWN], N, l, TR_DOWN);
     tr_residual_forward(xo, a->xmid, tm->fo, (size_t)N * E);
 }
 
@@ -469,8 +469,10 @@ static void layer_backward(tr_model *tm, int l, const tr_batch *b) {
     tr_acts *a = acts_of(tm, l);
     const float *x = tm->x + (size_t)l * N * E;
     /* x_out = xmid + down(h): the residual passes dx through unchanged */
+    /* h = silu(g) * u again, in dg (free until the SwiGLU backward): the same bits as the forward's */
+    tr_swiglu_forward(tm->dg, a->g, a->u, (size_t)N * F);
     memset(tm->dh, 0, (size_t)N * F * sizeof(float));
-    linear_backward(tm, tm->dh, &ly->lin[TR_DOWN], tm->dx, a->h, a->lu[TR_DOWN], N, l, TR_DOWN);
+    linear_backward(tm, tm->dh, &ly->lin[TR_DOWN], tm->dx, tm->dg, a->lu[TR_DOWN], N, l, TR_DOWN);
     memset(tm->dg, 0, (size_t)N * F * sizeof(float));
     memset(tm->du, 0, (size_t)N * F * sizeof(float));
     tr_swiglu_backward(tm->dg, tm->du, tm->dh, a->g, a->u, (size_t)N * F);

@@ -66,8 +66,8 @@ typedef struct tr_acts {
     float *xmid;                   /* [N][E] residual after attention */
     float *xn2;                    /* [N][E] ffn_norm(xmid) */
     float *rstd2;                  /* [N] */
-    float *g, *u;                  /* [N][F] gate and up projections */
-    float *h;                      /* [N][F] silu(g) * u (input of w_down) */
+    float *g, *u;                  /* [N][F] gate and up projections (silu(g) * u, the input of w_down,
+                                      is not kept: the backward recomputes it, same bits) */
     float *lu[TR_NLIN];            /* [N][r] LoRA A·x per adapted matrix, else NULL */
 } tr_acts;
 
