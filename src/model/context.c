@@ -235,11 +235,16 @@ static void rows_worker(void *ctx, int tid, int nth) {
     rows_range(j, (int)((int64_t)j->N * tid / nth), (int)((int64_t)j->N * (tid + 1) / nth));
 }
 
-/* Rows of one step on the pool when the batch is big enough to pay for the handoff. */
-#define ROWS_PAR_MIN 8
+/* Threads for a per-token step of N rows: the pool's, when the batch is big enough to pay for the
+ * hand-off (a decode step of a few tokens runs on the calling thread). */
+static int rows_threads(int N) {
+    const int nth = N >= 8 ? ia_pool_threads() : 1;
+    return nth < N ? nth : N;
+}
+
 static void rows_run(rows_job *j) {
-    const int nth = j->N >= ROWS_PAR_MIN ? ia_pool_threads() : 1;
-    if (nth > 1) ia_pool_run(nth < j->N ? nth : j->N, rows_worker, j);
+    const int nth = rows_threads(j->N);
+    if (nth > 1) ia_pool_run(nth, rows_worker, j);
     else rows_range(j, 0, j->N);
 }
 
@@ -319,7 +324,7 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
             ia_lora_apply(m, l, IA_LORA_UP, c->hb2, c->xb, N);
         }
         swiglu_job sj = {c->hb, c->hb2, (size_t)N * F};
-        if (N >= ROWS_PAR_MIN && ia_pool_threads() > 1) ia_pool_run(ia_pool_threads(), swiglu_worker, &sj);
+        if (rows_threads(N) > 1) ia_pool_run(rows_threads(N), swiglu_worker, &sj);
         else swiglu_range(sj.g, sj.u, 0, sj.n);
         ia_matmul_infer(c->xb, c->hb, ly->w_down.data, ly->w_down.type, N, F, E);
         if (m->lora) ia_lora_apply(m, l, IA_LORA_DOWN, c->xb, c->hb, N);

@@ -148,12 +148,8 @@ static int ensure_workers(int n) {
 }
 
 int ia_pool_threads(void) {
-#ifdef _OPENMP
-    int n = ia_get_threads();
+    const int n = ia_get_threads();
     return n > 0 ? n : 1;
-#else
-    return ia_get_threads();
-#endif
 }
 
 void ia_pool_run(int nth, ia_pool_fn fn, void *ctx) {

@@ -472,6 +472,7 @@ typedef struct {
     float scale;
     float *ws;
     size_t ws_per;
+    bool backward;           /* items are segments (backward) or query blocks (forward) */
     _Atomic int next;
 } att_job;
 
@@ -510,19 +511,6 @@ static void att_fwd_block(const att_job *J, float *ws, int t0, int kvh) {
         const int t = t0 + r / group, h = kvh * group + r % group;
         tr_scale_copy(J->out + (size_t)t * Dq + (size_t)h * D, Op + (size_t)r * D, inv[r], D);
     }
-}
-
-static void att_fwd_run(void *p, int tid, int nth) {
-    att_job *J = p;
-    float *ws = J->ws + (size_t)tid * J->ws_per;
-    const int n = J->N * J->Hkv;
-    for (;;) {
-        const int w = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed);
-        if (w >= n) break;
-        const int t = w / J->Hkv, kvh = w % J->Hkv;
-        if ((t - J->start[t]) % J->QB == 0) att_fwd_block(J, ws, t, kvh); /* t starts a block */
-    }
-    (void)nth;
 }
 
 /* The backward of one segment [s0, s1) and KV head: query blocks in order; per block P and dS
@@ -564,15 +552,21 @@ static void att_bwd_seg(const att_job *J, float *ws, int s0, int kvh) {
     }
 }
 
-static void att_bwd_run(void *p, int tid, int nth) {
+static void att_bwd_seg(const att_job *J, float *ws, int s0, int kvh);
+
+/* Work items (token, KV head), claimed in order; the tokens that start a query block (forward) or a
+ * segment (backward) do the work. */
+static void att_run(void *p, int tid, int nth) {
     att_job *J = p;
     float *ws = J->ws + (size_t)tid * J->ws_per;
     const int n = J->N * J->Hkv;
-    for (;;) {
-        const int w = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed);
-        if (w >= n) break;
+    for (int w; (w = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed)) < n;) {
         const int t = w / J->Hkv, kvh = w % J->Hkv;
-        if (J->start[t] == t) att_bwd_seg(J, ws, t, kvh); /* t starts a segment */
+        if (J->backward) {
+            if (J->start[t] == t) att_bwd_seg(J, ws, t, kvh);
+        } else if ((t - J->start[t]) % J->QB == 0) {
+            att_fwd_block(J, ws, t, kvh);
+        }
     }
     (void)nth;
 }
@@ -593,7 +587,7 @@ void tr_attention_forward(float *out, float *lse, const float *q, const float *k
                  .group = H / Hkv, .QB = att_qb(H / Hkv), .scale = 1.0f / sqrtf((float)D), .ws = ws,
                  .ws_per = att_ws_per(N, H, Hkv, D)};
     atomic_init(&J.next, 0);
-    tr_par_run(att_nth(start, N, H, D), att_fwd_run, &J);
+    tr_par_run(att_nth(start, N, H, D), att_run, &J);
 }
 
 void tr_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
@@ -605,9 +599,10 @@ void tr_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
     }
     att_job J = {.dq = dq, .dk = dk, .dv = dv, .delta = delta, .q = q, .k = k, .v = v, .dout = dout, .o = out,
                  .lse = (float *)lse, .start = start, .N = N, .H = H, .Hkv = Hkv, .D = D, .group = H / Hkv,
-                 .QB = att_qb(H / Hkv), .scale = 1.0f / sqrtf((float)D), .ws = ws, .ws_per = att_ws_per(N, H, Hkv, D)};
+                 .QB = att_qb(H / Hkv), .scale = 1.0f / sqrtf((float)D), .ws = ws, .ws_per = att_ws_per(N, H, Hkv, D),
+                 .backward = true};
     atomic_init(&J.next, 0);
-    tr_par_run(att_nth(start, N, H, D), att_bwd_run, &J);
+    tr_par_run(att_nth(start, N, H, D), att_run, &J);
 }
 
 /* ---- the plain references (one thread): per (t, h) as context.c does it (dot8, expf softmax) ---- */
