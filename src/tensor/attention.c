@@ -161,12 +161,6 @@ T512 static void hperm_init(void) {
 
 /* Head dims 64 and 128 get their own instances, so the accumulators live in registers (with a run-time
  * count GCC kept them on the stack: a store-forwarding chain per FMA). Same operations either way. */
-T512 static void attn_one_avx512(const ia_attn *a, int t, int h, float *sc) {
-    const int nd = a->head_dim / 16;
-    if (nd == 4) attn_one_4(a, t, h, sc, 4);
-    else if (nd == 8) attn_one_8(a, t, h, sc, 8);
-    else attn_one_x(a, t, h, sc, nd);
-}
 
 T512 static void attn_group_avx512(const ia_attn *a, int t, int h0, int nh, float *sc) {
     const int nd = a->head_dim / 16;
@@ -174,6 +168,9 @@ T512 static void attn_group_avx512(const ia_attn *a, int t, int h0, int nh, floa
     else if (nd == 8) attn_group_8(a, t, h0, nh, sc, 8);
     else attn_group_x(a, t, h0, nh, sc, nd);
 }
+
+/* One (token, head): the group kernel for a single head (one score row in sc). */
+T512 static void attn_one_avx512(const ia_attn *a, int t, int h, float *sc) { attn_group_avx512(a, t, h, 1, sc); }
 
 /* 16 lanes of exp(x - mx) summed in double (two halves), over n values; lanes are added in a fixed
  * order. */

@@ -13,69 +13,6 @@ T512 static INLINE void ATT_NAME(normalise)(float *sc, int n, float inv) {
     }
 }
 
-/* One (token, head). D a multiple of 16. Scores for 16 positions at a time: each position's dot
- * product accumulates 16 lanes over d (lane l takes d = l mod 16, in increasing d), then hsum16. */
-T512 static INLINE void ATT_NAME(attn_one)(const ia_attn *a, int t, int h, float *sc, const int nd_) {
-    const int nd = ATT_ND;
-    (void)nd_;
-    const int D = a->head_dim, KV = a->n_head_kv * D, group = a->n_head / a->n_head_kv;
-    const float *qh = a->q + (size_t)t * a->n_head * D + (size_t)h * D;
-    const int pos = a->pos[t], np = pos + 1;
-    const size_t base = ((size_t)a->slot[t] * a->n_layer + a->layer) * a->n_ctx * (size_t)KV + (size_t)(h / group) * D;
-    const float *K = a->k_cache + base, *V = a->v_cache + base;
-    __m512 qv[ATT_NDMAX];
-    ATT_UNROLL
-    for (int j = 0; j < nd; j++) qv[j] = _mm512_loadu_ps(qh + 16 * j);
-    __m512i idx = _mm512_loadu_si512(g_hperm);
-    const __m512 scale = _mm512_set1_ps(a->scale);
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int p0 = 0; p0 < np; p0 += 16) {
-        const int n = np - p0 < 16 ? np - p0 : 16;
-        __m512 acc[16];
-        ATT_UNROLL
-        for (int i = 0; i < 16; i++) {
-            /* positions past the end repeat the last one: finite values, never stored */
-            const float *kp = K + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
-            __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp));
-            ATT_UNROLL
-            for (int j = 1; j < nd; j++) s = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(kp + 16 * j), s);
-            acc[i] = s;
-        }
-        const __m512 s = _mm512_mul_ps(_mm512_permutexvar_ps(idx, hsum16(acc)), scale);
-        const __mmask16 m = (__mmask16)((1u << n) - 1u);
-        _mm512_mask_storeu_ps(sc + p0, m, s);
-        mx = _mm512_mask_max_ps(mx, m, mx, s);
-    }
-    const float smax = _mm512_reduce_max_ps(mx);
-    const __m512 vmax = _mm512_set1_ps(smax);
-    __m512 vsum = _mm512_setzero_ps();
-    for (int p0 = 0; p0 < np; p0 += 16) {
-        const int n = np - p0 < 16 ? np - p0 : 16;
-        const __mmask16 m = (__mmask16)((1u << n) - 1u);
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + p0), vmax));
-        _mm512_mask_storeu_ps(sc + p0, m, e);
-        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
-    }
-    /* fixed-order lane sum (the same tree for every call) */
-    float lanes[16];
-    _mm512_storeu_ps(lanes, vsum);
-    float sum = 0;
-    for (int l = 0; l < 16; l++) sum += lanes[l];
-    ATT_NAME(normalise)(sc, np, 1.0f / sum);
-    __m512 o[ATT_NDMAX];
-    ATT_UNROLL
-    for (int j = 0; j < nd; j++) o[j] = _mm512_setzero_ps();
-    for (int p = 0; p < np; p++) {
-        const float *vp = V + (size_t)p * KV;
-        const __m512 w = _mm512_set1_ps(sc[p]);
-        ATT_UNROLL
-        for (int j = 0; j < nd; j++) o[j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vp + 16 * j), o[j]);
-    }
-    float *out = a->out + (size_t)t * a->n_head * D + (size_t)h * D;
-    ATT_UNROLL
-    for (int j = 0; j < nd; j++) _mm512_storeu_ps(out + 16 * j, o[j]);
-}
-
 /* o[h] = sum_p sc[h][p] v_p for NC heads (rows of sc C apart, outputs D apart; sc already normalised):
  * each V row is loaded once into registers for all NC heads. */
 T512 static INLINE void ATT_NAME(av_chunk)(const float *V, int KV, int np, const float *sc, int C, float *out,
@@ -103,9 +40,11 @@ T512 static INLINE void ATT_NAME(av_chunk)(const float *V, int KV, int np, const
         for (int j = 0; j < ND; j++) _mm512_storeu_ps(out + (size_t)h * D + 16 * j, o[h][j]);
 }
 
-/* All query heads h0 .. h0 + nh - 1 of one token sharing a KV head: per head exactly the operations of
- * attn_one (so the same bits), interleaved so each block of 16 K rows and each V row is read from L2
- * once for the group instead of once per head. sc holds nh rows of n_ctx scores. */
+/* Query heads h0 .. h0 + nh - 1 of one token sharing a KV head (nh = 1: one head, the decode case):
+ * per head the same operations whatever nh is (so the same bits), interleaved so each block of 16 K
+ * rows and each V row is read from L2 once for the group instead of once per head. Scores for 16
+ * positions at a time: each position's dot product accumulates 16 lanes over d, then hsum16. sc holds
+ * nh rows of n_ctx scores. */
 T512 static INLINE void ATT_NAME(attn_group)(const ia_attn *a, int t, int h0, int nh, float *sc, const int nd_) {
     const int nd = ATT_ND;
     (void)nd_;
