@@ -1,6 +1,7 @@
 /* lora.c — llama.cpp-format LoRA adapters: load + validate, the run-time term added after each
  * adapted matmul, and the model's adapter list (ia_model_lora_add / ia_model_lora_clear). */
 #include "model/lora.h"
+#include "tensor/pool.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -193,12 +194,11 @@ void ia_lora_adapter_free(ia_lora_adapter *a) {
 
 /* ---- the run-time term ------------------------------------------------------------------------ */
 
-void ia_lora_mat_apply(const ia_lora_mat *lm, float *Y, const float *X, int n_tok) {
-    if (!lm || !lm->A) return;
+/* Y[t] += s·B·(A·X[t]) for tokens [t0, t1): each token alone, so splitting them changes no bits. */
+static void lora_rows(const ia_lora_mat *lm, float *Y, const float *X, int t0, int t1) {
     const int r = lm->r, in = lm->n_in, out = lm->n_out;
     const float s = lm->scale;
-#pragma omp parallel for schedule(static) if (n_tok > 1 && (double)n_tok * (in + out) * r > 2e5)
-    for (int t = 0; t < n_tok; t++) {
+    for (int t = t0; t < t1; t++) {
         float u[64];
         const float *x = X + (size_t)t * in;
         float *y = Y + (size_t)t * out;
@@ -218,6 +218,29 @@ void ia_lora_mat_apply(const ia_lora_mat *lm, float *Y, const float *X, int n_to
                 y[o] += s * acc;
             }
         }
+    }
+}
+
+typedef struct lora_job {
+    const ia_lora_mat *lm;
+    float *Y;
+    const float *X;
+    int n_tok;
+} lora_job;
+
+static void lora_worker(void *ctx, int tid, int nth) {
+    const lora_job *j = ctx;
+    lora_rows(j->lm, j->Y, j->X, (int)((int64_t)j->n_tok * tid / nth), (int)((int64_t)j->n_tok * (tid + 1) / nth));
+}
+
+void ia_lora_mat_apply(const ia_lora_mat *lm, float *Y, const float *X, int n_tok) {
+    if (!lm || !lm->A) return;
+    /* on the tensor pool (the threads of the rest of the forward pass) when the batch pays for it */
+    if (n_tok > 1 && (double)n_tok * (lm->n_in + lm->n_out) * lm->r > 2e5 && ia_pool_threads() > 1) {
+        lora_job j = {lm, Y, X, n_tok};
+        ia_pool_run(ia_pool_threads() < n_tok ? ia_pool_threads() : n_tok, lora_worker, &j);
+    } else {
+        lora_rows(lm, Y, X, 0, n_tok);
     }
 }
 
