@@ -799,6 +799,9 @@ static const mm_case q8_cases[] = {
     {IA_TYPE_Q4_0, 32, 17, 1},   {IA_TYPE_Q4_K, 256, 1, 1},   {IA_TYPE_Q4_K, 768, 17, 5},  {IA_TYPE_Q4_K, 1536, 40, 16},
     {IA_TYPE_Q4_K, 512, 16, 4},  {IA_TYPE_Q4_K, 256, 33, 70},  {IA_TYPE_BF16, 32, 1, 1},   {IA_TYPE_BF16, 96, 15, 67},
     {IA_TYPE_BF16, 576, 31, 16}, {IA_TYPE_BF16, 1536, 9, 3},   {IA_TYPE_BF16, 64, 33, 5},
+    /* threaded decode shapes: many panels per work run, runs crossing matrices in ia_matmul_multi,
+     * a partial last panel */
+    {IA_TYPE_Q4_0, 256, 1000, 1}, {IA_TYPE_Q8_0, 256, 999, 2},  {IA_TYPE_Q4_K, 256, 1001, 3}, {IA_TYPE_BF16, 64, 2001, 2},
 };
 #define N_Q8_CASES (int)(sizeof q8_cases / sizeof q8_cases[0])
 

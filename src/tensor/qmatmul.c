@@ -461,7 +461,7 @@ typedef struct q8_job {
     size_t qa_stride;
     int items_per_task[8], n_tc; /* work items per task, token chunks */
     _Atomic int next_q, next;
-    int n_items;
+    int n_items, chunk; /* items claimed at a time */
 } q8_job;
 
 static void q8_worker(void *ctx, int tid, int nth) {
@@ -476,15 +476,26 @@ static void q8_worker(void *ctx, int tid, int nth) {
 static void q8_gemm_worker(void *ctx, int tid, int nth) {
     q8_job *j = ctx;
     (void)tid, (void)nth;
-    for (int it; (it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->n_items;) {
-        int ti = 0;
-        while (it >= j->items_per_task[ti]) it -= j->items_per_task[ti++];
-        const ia_q8_task *t = &j->tasks[ti];
-        const int n_panel = (t->n_out + IA_QP_ROWS - 1) / IA_QP_ROWS;
-        const int pi = it / j->n_tc, tc = it % j->n_tc;
-        const int p0 = pi * Q8_PANELS, p1 = p0 + Q8_PANELS < n_panel ? p0 + Q8_PANELS : n_panel;
-        const int t0 = tc * Q8_TOK_CHUNK, t1 = t0 + Q8_TOK_CHUNK < j->n_tok ? t0 + Q8_TOK_CHUNK : j->n_tok;
-        j->k->gemm(t, p0, p1, j->qa, j->qa_stride, t0, t1);
+    for (int i0; (i0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed)) < j->n_items;) {
+        const int i1 = i0 + j->chunk < j->n_items ? i0 + j->chunk : j->n_items;
+        int ti = 0, base = 0; /* task of item it, and that task's first item */
+        for (int it = i0; it < i1;) {
+            while (it >= base + j->items_per_task[ti]) base += j->items_per_task[ti++];
+            const ia_q8_task *t = &j->tasks[ti];
+            const int n_panel = (t->n_out + IA_QP_ROWS - 1) / IA_QP_ROWS;
+            const int end = i1 < base + j->items_per_task[ti] ? i1 : base + j->items_per_task[ti];
+            if (j->n_tc == 1) { /* one token chunk: the run's items are consecutive panels, one stream */
+                const int p0 = (it - base) * Q8_PANELS, p1 = (end - base) * Q8_PANELS;
+                j->k->gemm(t, p0, p1 < n_panel ? p1 : n_panel, j->qa, j->qa_stride, 0, j->n_tok);
+                it = end;
+                continue;
+            }
+            const int pi = (it - base) / j->n_tc, tc = (it - base) % j->n_tc;
+            const int p0 = pi * Q8_PANELS, p1 = p0 + Q8_PANELS < n_panel ? p0 + Q8_PANELS : n_panel;
+            const int t0 = tc * Q8_TOK_CHUNK, t1 = t0 + Q8_TOK_CHUNK < j->n_tok ? t0 + Q8_TOK_CHUNK : j->n_tok;
+            j->k->gemm(t, p0, p1, j->qa, j->qa_stride, t0, t1);
+            it++;
+        }
     }
 }
 
@@ -532,7 +543,11 @@ static void q8_run(const ia_q8_kernel *k, const float *X, int n_tok, int n_in, c
     } else {
         ia_pool_run(nth < (n_tok + 7) / 8 ? nth : (n_tok + 7) / 8, q8_worker, &j);
     }
-    ia_pool_run(nth < j.n_items ? nth : j.n_items, q8_gemm_worker, &j);
+    /* items are claimed in runs (8 per thread on average): one shared counter touched per item cost
+     * a cache-line transfer every 16 KiB of weights in decode, and broke each thread's stream */
+    const int nw = nth < j.n_items ? nth : j.n_items;
+    j.chunk = nw > 1 ? (j.n_items + 8 * nw - 1) / (8 * nw) : j.n_items;
+    ia_pool_run(nw, q8_gemm_worker, &j);
 }
 
 void ia_matmul_multi(const float *X, int n_tok, int n_in, const ia_mm_task *tasks, int n_tasks) {
