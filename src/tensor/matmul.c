@@ -159,7 +159,7 @@ typedef struct mm_job {
     const float *X;
     const uint8_t *W;
     uint32_t wtype;
-    int n_tok, n_in, n_out, n_blk, chunk;
+    int n_tok, n_in, n_out, n_blk;
     size_t rs;
     const ia_type_traits *tt;
     const ia_mm_kernel *kern;
@@ -222,9 +222,9 @@ static void mm_block(const mm_job *j, int b, bool prefetch_next) {
     }
 }
 
-/* Blocks are handed out in runs of `chunk` from a shared counter: a thread slowed down by another
- * process on its core takes fewer, instead of holding everyone at the end. Which thread computes a
- * block never changes its bits. */
+/* Blocks are handed out in runs from a shared counter (ia_pool_claim): a thread slowed down by
+ * another process on its core takes fewer, instead of holding everyone at the end. Which thread
+ * computes a block never changes its bits. */
 static void mm_worker(void *ctx, int tid, int nth) {
     mm_job *j = ctx;
     (void)tid;
@@ -232,12 +232,8 @@ static void mm_worker(void *ctx, int tid, int nth) {
         for (int b = 0; b < j->n_blk; b++) mm_block(j, b, b + 1 < j->n_blk);
         return;
     }
-    for (;;) {
-        const int b0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed);
-        if (b0 >= j->n_blk) break;
-        const int b1 = b0 + j->chunk < j->n_blk ? b0 + j->chunk : j->n_blk;
+    for (int b0, b1; ia_pool_claim(&j->next, j->n_blk, nth, 1, &b0, &b1);)
         for (int b = b0; b < b1; b++) mm_block(j, b, b + 1 < b1);
-    }
 }
 
 static void mm_job_init(mm_job *j, float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
@@ -265,7 +261,6 @@ void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_to
      * result, since every (t, o) is computed whole by one thread with the same code */
     int nth = j.n_blk > 1 && (double)n_tok * n_in * n_out > 2e5 ? ia_pool_threads() : 1;
     if (nth > j.n_blk) nth = j.n_blk;
-    j.chunk = nth > 1 ? (j.n_blk + 8 * nth - 1) / (8 * nth) : j.n_blk;
     ia_pool_run(nth, mm_worker, &j);
 }
 
@@ -273,18 +268,15 @@ void ia_matmul(float *Y, const float *X, const void *W, uint32_t wtype, int n_to
  * of all of them form one list; each block is computed exactly as ia_matmul computes it. */
 typedef struct mm_multi {
     mm_job job[8];
-    int n, start[9], chunk;
+    int n, start[9];
     _Atomic int next;
 } mm_multi;
 
 static void mm_multi_worker(void *ctx, int tid, int nth) {
     mm_multi *m = ctx;
-    (void)tid, (void)nth;
+    (void)tid;
     const int total = m->start[m->n];
-    for (;;) {
-        const int b0 = atomic_fetch_add_explicit(&m->next, m->chunk, memory_order_relaxed);
-        if (b0 >= total) break;
-        const int b1 = b0 + m->chunk < total ? b0 + m->chunk : total;
+    for (int b0, b1; ia_pool_claim(&m->next, total, nth, 1, &b0, &b1);) {
         int ti = 0;
         for (int b = b0; b < b1; b++) {
             while (b >= m->start[ti + 1]) ti++;
@@ -314,7 +306,6 @@ void ia_matmul_exact_multi(const float *X, int n_tok, int n_in, const ia_mm_task
     const int total = m.start[m.n];
     int nth = total > 1 && work > 2e5 ? ia_pool_threads() : 1;
     if (nth > total) nth = total;
-    m.chunk = nth > 1 ? (total + 8 * nth - 1) / (8 * nth) : total;
     atomic_init(&m.next, 0);
     ia_pool_run(nth, mm_multi_worker, &m);
 }

@@ -461,7 +461,7 @@ typedef struct q8_job {
     size_t qa_stride;
     int items_per_task[8], n_tc; /* work items per task, token chunks */
     _Atomic int next_q, next;
-    int n_items, chunk; /* items claimed at a time */
+    int n_items;
 } q8_job;
 
 static void q8_worker(void *ctx, int tid, int nth) {
@@ -475,9 +475,8 @@ static void q8_worker(void *ctx, int tid, int nth) {
 
 static void q8_gemm_worker(void *ctx, int tid, int nth) {
     q8_job *j = ctx;
-    (void)tid, (void)nth;
-    for (int i0; (i0 = atomic_fetch_add_explicit(&j->next, j->chunk, memory_order_relaxed)) < j->n_items;) {
-        const int i1 = i0 + j->chunk < j->n_items ? i0 + j->chunk : j->n_items;
+    (void)tid;
+    for (int i0, i1; ia_pool_claim(&j->next, j->n_items, nth, 1, &i0, &i1);) {
         int ti = 0, base = 0; /* task of item it, and that task's first item */
         for (int it = i0; it < i1;) {
             while (it >= base + j->items_per_task[ti]) base += j->items_per_task[ti++];
@@ -543,11 +542,9 @@ static void q8_run(const ia_q8_kernel *k, const float *X, int n_tok, int n_in, c
     } else {
         ia_pool_run(nth < (n_tok + 7) / 8 ? nth : (n_tok + 7) / 8, q8_worker, &j);
     }
-    /* items are claimed in runs (8 per thread on average): one shared counter touched per item cost
-     * a cache-line transfer every 16 KiB of weights in decode, and broke each thread's stream */
-    const int nw = nth < j.n_items ? nth : j.n_items;
-    j.chunk = nw > 1 ? (j.n_items + 8 * nw - 1) / (8 * nw) : j.n_items;
-    ia_pool_run(nw, q8_gemm_worker, &j);
+    /* items are claimed in runs (ia_pool_claim): one shared counter touched per item cost a
+     * cache-line transfer every 16 KiB of weights in decode, and broke each thread's stream */
+    ia_pool_run(nth < j.n_items ? nth : j.n_items, q8_gemm_worker, &j);
 }
 
 void ia_matmul_multi(const float *X, int n_tok, int n_in, const ia_mm_task *tasks, int n_tasks) {
