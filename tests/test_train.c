@@ -87,7 +87,7 @@ static void test_fd_rmsnorm(void **st) {
 typedef struct { int N, in, out; float *x, *w, *b, *y, *R, *ws; ia_weight W; } mm_ctx;
 static double mm_loss(void *p) {
     mm_ctx *c = p;
-    tr_matmul_forward(c->y, c->x, &c->W, c->b, c->N, c->ws);
+    tr_matmul_forward(c->y, c->x, &c->W, c->b, c->N, c->ws, false);
     return dotd(c->y, c->R, (size_t)c->N * c->out);
 }
 static void test_fd_matmul(void **st) {
@@ -103,14 +103,14 @@ static void test_fd_matmul(void **st) {
     float *dx = falloc((size_t)c.N * c.in), *dw = falloc((size_t)c.out * c.in), *db = falloc(c.out);
     float *ws = falloc(tr_matmul_ws_floats(c.in));
     c.ws = ws;
-    tr_matmul_backward(dx, dw, db, c.R, c.x, &c.W, c.N, ws);
+    tr_matmul_backward(dx, dw, db, c.R, c.x, &c.W, c.N, ws, false);
     CHECK_FD("matmul dX", c.x, (size_t)c.N * c.in, dx, mm_loss, &c, 1e-2f, 1);
     CHECK_FD("matmul dW", c.w, (size_t)c.out * c.in, dw, mm_loss, &c, 1e-2f, 3);
     CHECK_FD("matmul db", c.b, c.out, db, mm_loss, &c, 1e-2f, 1);
     /* accumulation: a second backward doubles every gradient */
     float *dx2 = falloc((size_t)c.N * c.in);
     memcpy(dx2, dx, (size_t)c.N * c.in * sizeof(float));
-    tr_matmul_backward(dx2, NULL, NULL, c.R, c.x, &c.W, c.N, ws);
+    tr_matmul_backward(dx2, NULL, NULL, c.R, c.x, &c.W, c.N, ws, false);
     for (size_t i = 0; i < (size_t)c.N * c.in; i++) assert_float_equal(dx2[i], 2 * dx[i], 1e-5 * (1 + fabs(dx[i])));
     ia_free(c.x); ia_free(c.w); ia_free(c.b); ia_free(c.y); ia_free(c.R); ia_free(dx); ia_free(dw); ia_free(db);
     ia_free(ws); ia_free(dx2);
@@ -138,12 +138,12 @@ static void test_matmul_backward_quant(void **st) {
         ia_weight Wq = {q, types[k], in, out, "q"}, Wf = {deq, IA_TYPE_F32, in, out, "f"};
         memset(d1, 0, (size_t)N * in * sizeof(float));
         memset(d2, 0, (size_t)N * in * sizeof(float));
-        tr_matmul_backward(d1, NULL, NULL, dy, NULL, &Wq, N, ws);
-        tr_matmul_backward(d2, NULL, NULL, dy, NULL, &Wf, N, ws);
+        tr_matmul_backward(d1, NULL, NULL, dy, NULL, &Wq, N, ws, false);
+        tr_matmul_backward(d2, NULL, NULL, dy, NULL, &Wf, N, ws, false);
         assert_memory_equal(d1, d2, (size_t)N * in * sizeof(float));
         /* the forward too (panels of dequantised rows through the same kernel) */
-        tr_matmul_forward(y1, d1, &Wq, NULL, N, ws);
-        tr_matmul_forward(y2, d1, &Wf, NULL, N, ws);
+        tr_matmul_forward(y1, d1, &Wq, NULL, N, ws, false);
+        tr_matmul_forward(y2, d1, &Wf, NULL, N, ws, false);
         assert_memory_equal(y1, y2, (size_t)N * out * sizeof(float));
     }
     ia_free(wf); ia_free(deq); ia_free(dy); ia_free(d1); ia_free(d2); ia_free(ws); ia_free(q); ia_free(y1); ia_free(y2);
@@ -338,6 +338,119 @@ static void test_pack_t_vs_ref(void **st) {
     }
 }
 
+/* bf16 products: the AVX512_BF16 kernel gives the reference's bits (the reference emulates
+ * vdpbf16ps lane steps), whatever the split; and the reference is within the blocked-summation bound
+ * of the float64 product of the bf16-rounded inputs. Inputs include float subnormals (read as zero),
+ * exact rounding ties and values that round up to the next exponent. */
+static float bf16_in(ia_rng *r, int i) {
+    switch (i % 11) {
+    case 3: return 1e-40f;                            /* subnormal: rounds to zero */
+    case 5: return 1.0f + 0x1p-8f;                    /* a tie: to even (1.0) */
+    case 7: return -(1.0f + 0x1p-8f + 0x1p-9f);       /* rounds away */
+    case 9: return 1.9999999f;                        /* rounds up to 2 */
+    default: return ia_rng_normal(r);
+    }
+}
+
+static double bf16_val(float f) { return (double)ia_bf16_to_fp32(ia_fp32_to_bf16_cvtne(f)); }
+
+static void test_gemm_bf16_vs_ref(void **st) {
+    (void)st;
+    ia_rng r;
+    ia_rng_seed(&r, 21);
+    const int dims[][3] = {{1, 1, 2},     {7, 13, 6},  {6, 64, 128}, {13, 100, 300}, {33, 200, 258},
+                           {5, 8, 576},   {3, 300, 40}, {2, 17, 1},  {4, 70, 131},   {7, 5, 257}}; /* odd K too */
+    for (size_t d = 0; d < sizeof dims / sizeof *dims; d++) {
+        const int M = dims[d][0], N = dims[d][1], K = dims[d][2], ldb = N + 3, ldc = N + 5;
+        float *A = falloc((size_t)M * (K + 2)), *W = falloc((size_t)K * ldb), *C0 = falloc((size_t)M * ldc);
+        float *C1 = falloc((size_t)M * ldc), *C2 = falloc((size_t)M * ldc);
+        uint32_t *B = ia_calloc((size_t)(K + 1) / 2 * ldb, 4);
+        assert_non_null(B);
+        for (size_t i = 0; i < (size_t)M * (K + 2); i++) A[i] = bf16_in(&r, (int)i);
+        for (size_t i = 0; i < (size_t)K * ldb; i++) W[i] = bf16_in(&r, (int)i + 4);
+        fill(C0, (size_t)M * ldc, &r, 1);
+        tr_pack_bf16_rows_ref(B, ldb, W, ldb, K, N); /* B(k, n) = W[k][n] */
+        for (int acc = 0; acc < 2; acc++) {
+            memcpy(C1, C0, (size_t)M * ldc * sizeof(float));
+            memcpy(C2, C0, (size_t)M * ldc * sizeof(float));
+            tr_gemm_bf16(M, N, K, A, K + 2, B, ldb, C1, ldc, acc);
+            tr_gemm_bf16_ref(M, N, K, A, K + 2, B, ldb, C2, ldc, acc);
+            assert_memory_equal(C1, C2, (size_t)M * ldc * sizeof(float));
+            for (int m = 0; m < M; m++) {
+                for (int n = N; n < ldc; n++) assert_true(C1[(size_t)m * ldc + n] == C0[(size_t)m * ldc + n]);
+                for (int n = 0; n < N; n++) {
+                    double ex = acc ? C0[(size_t)m * ldc + n] : 0, ab = fabs(ex);
+                    for (int k = 0; k < K; k++) {
+                        const double p = bf16_val(A[(size_t)m * (K + 2) + k]) * bf16_val(W[(size_t)k * ldb + n]);
+                        ex += p;
+                        ab += fabs(p);
+                    }
+                    /* each step rounds once (2^-24 relative); a chain of up to KB, then K/KB block adds */
+                    const double bound = ab * (TR_GEMM_KB + K / TR_GEMM_KB + 2) * 0x1p-24;
+                    if (!(fabs(C2[(size_t)m * ldc + n] - ex) <= bound))
+                        fail_msg("bf16 gemm %dx%dx%d [%d][%d]: %g vs %g (bound %g)", M, N, K, m, n,
+                                 (double)C2[(size_t)m * ldc + n], ex, bound);
+                }
+            }
+            /* split in rows, columns and k (at a block edge): the same bits */
+            memcpy(C2, C0, (size_t)M * ldc * sizeof(float));
+            int m1 = M / 2, n1 = N / 3, k1 = K > TR_GEMM_KB ? TR_GEMM_KB : 0;
+            for (int part = 0; part < 2; part++) {
+                int ka = part ? k1 : 0, kb = part ? K : k1;
+                bool ac = acc || part;
+                const float *Ak = A + ka;
+                const uint32_t *Bk = B + (size_t)(ka / 2) * ldb;
+                tr_gemm_bf16(m1, n1, kb - ka, Ak, K + 2, Bk, ldb, C2, ldc, ac);
+                tr_gemm_bf16(m1, N - n1, kb - ka, Ak, K + 2, Bk + n1, ldb, C2 + n1, ldc, ac);
+                tr_gemm_bf16(M - m1, N, kb - ka, Ak + (size_t)m1 * (K + 2), K + 2, Bk, ldb, C2 + (size_t)m1 * ldc, ldc, ac);
+            }
+            assert_memory_equal(C1, C2, (size_t)M * ldc * sizeof(float));
+        }
+        print_message("# bf16 gemm %dx%dx%d (%s): ok\n", M, N, K, tr_kern_bf16() ? "avx512-bf16" : "reference");
+        ia_free(A); ia_free(W); ia_free(B); ia_free(C0); ia_free(C1); ia_free(C2);
+    }
+}
+
+/* The bf16 pair packers: the SIMD versions give the reference's words, and the words are the
+ * rounded values at the documented places. */
+static void test_pack_bf16_vs_ref(void **st) {
+    (void)st;
+    ia_rng r;
+    ia_rng_seed(&r, 22);
+    const int shapes[][2] = {{64, 576}, {16, 32}, {37, 50}, {64, 14}, {5, 100}, {17, 66}, {33, 37}, {16, 1}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const int rows = shapes[i][0], K = shapes[i][1], ldw = K + 3, np = (K + 1) / 2; /* odd K: a half pair */
+        float *W = falloc((size_t)rows * ldw);
+        for (size_t j = 0; j < (size_t)rows * ldw; j++) W[j] = bf16_in(&r, (int)j);
+        uint32_t *P1 = ia_calloc((size_t)np * 64, 4), *P2 = ia_calloc((size_t)np * 64, 4);
+        assert_non_null(P1); assert_non_null(P2);
+        tr_pack_bf16_t(P1, 64, W, ldw, rows, K);
+        tr_pack_bf16_t_ref(P2, 64, W, ldw, rows, K);
+        for (int p = 0; p < np; p++) {
+            assert_memory_equal(P1 + (size_t)p * 64, P2 + (size_t)p * 64, (size_t)rows * 4);
+            for (int rr = 0; rr < rows; rr++) {
+                const uint32_t w = P2[(size_t)p * 64 + rr];
+                assert_true((uint16_t)w == ia_fp32_to_bf16_cvtne(W[(size_t)rr * ldw + 2 * p]));
+                assert_true((uint16_t)(w >> 16) == (2 * p + 1 < K ? ia_fp32_to_bf16_cvtne(W[(size_t)rr * ldw + 2 * p + 1]) : 0));
+            }
+        }
+        /* rows of W as B rows: pairs of rows (odd counts: a zero high half last), K columns */
+        const int pairs = (rows + 1) / 2;
+        uint32_t *Q1 = ia_calloc((size_t)pairs * ldw + 1, 4), *Q2 = ia_calloc((size_t)pairs * ldw + 1, 4);
+        assert_non_null(Q1); assert_non_null(Q2);
+        tr_pack_bf16_rows(Q1, ldw, W, ldw, rows, K);
+        tr_pack_bf16_rows_ref(Q2, ldw, W, ldw, rows, K);
+        assert_memory_equal(Q1, Q2, ((size_t)pairs * ldw + 1) * 4);
+        for (int p = 0; p < pairs; p++)
+            for (int n = 0; n < K; n++) {
+                const uint32_t w = Q2[(size_t)p * ldw + n];
+                assert_true((uint16_t)w == ia_fp32_to_bf16_cvtne(W[(size_t)(2 * p) * ldw + n]));
+                assert_true((uint16_t)(w >> 16) == (2 * p + 1 < rows ? ia_fp32_to_bf16_cvtne(W[(size_t)(2 * p + 1) * ldw + n]) : 0));
+            }
+        ia_free(W); ia_free(P1); ia_free(P2); ia_free(Q1); ia_free(Q2);
+    }
+}
+
 /* The vectorised row kernels (exp polynomial: within a few ulp of expf) against the references. */
 static void test_row_kernels_vs_ref(void **st) {
     (void)st;
@@ -490,7 +603,7 @@ static void test_train_forward_equals_inference(void **st) {
     ia_model *m = ia_model_load(STORIES, &err);
     assert_non_null(m);
     tr_model tm;
-    tr_model_opts mo = {IA_TRAIN_LORA, 4, 8, 0, 127, 9, 16, false};
+    tr_model_opts mo = {IA_TRAIN_LORA, 4, 8, 0, 127, 9, 16, false, false};
     assert_int_equal(tr_model_init(&tm, m, &mo, &err), IA_OK);
     assert_int_equal(tr_model_init_params(&tm, 1, &err), IA_OK); /* B = 0: the adapter is a no-op */
     tr_batch b;
@@ -535,7 +648,7 @@ static void test_model_grad_invariance(void **st) {
     size_t n = 0;
     for (int k = 0; k < 3; k++) {
         tr_model tm;
-        tr_model_opts mo = {IA_TRAIN_LORA, 4, 8, 0.1f, 127, 9, 16, k == 2};
+        tr_model_opts mo = {IA_TRAIN_LORA, 4, 8, 0.1f, 127, 9, 16, k == 2, false};
         assert_int_equal(tr_model_init(&tm, m, &mo, &err), IA_OK);
         tr_model_init_params(&tm, 1, &err);
         for (size_t i = 0; i < tm.P.n; i++) tm.P.p[i] += 0.01f * (float)((i * 7919) % 13) - 0.06f;
@@ -571,7 +684,7 @@ static void test_model_grad_kernels(void **st) {
     for (int k = 0; k < 2; k++) {
         assert_true(ia_kernel_force(k ? "scalar" : NULL));
         tr_model tm;
-        tr_model_opts mo = {IA_TRAIN_LORA, 4, 8, 0.1f, 127, 9, 16, false};
+        tr_model_opts mo = {IA_TRAIN_LORA, 4, 8, 0.1f, 127, 9, 16, false, false};
         assert_int_equal(tr_model_init(&tm, m, &mo, &err), IA_OK);
         tr_model_init_params(&tm, 1, &err);
         for (size_t i = 0; i < tm.P.n; i++) tm.P.p[i] += 0.01f * (float)((i * 7919) % 13) - 0.06f;
@@ -588,6 +701,44 @@ static void test_model_grad_kernels(void **st) {
     print_message("# model gradients, avx512 vs reference kernels: rel diff %.2e\n", e);
     assert_true(e < 1e-4);
     for (int k = 0; k < 2; k++) ia_free(g[k]);
+    tr_batch_free(&b);
+    ia_model_free(m);
+}
+
+/* bf16 products with the base weights: gradients within bf16 rounding of the f32 ones, the same
+ * bits at any thread count, and the loss the same to bf16 precision. */
+static void test_model_grad_bf16(void **st) {
+    (void)st;
+    ia_error err = {0};
+    ia_model *m = ia_model_load(STORIES, &err);
+    assert_non_null(m);
+    tr_batch b;
+    two_examples(&b);
+    float *g[3], loss[3];
+    size_t n = 0;
+    for (int k = 0; k < 3; k++) {
+        tr_model tm;
+        tr_model_opts mo = {IA_TRAIN_LORA, 4, 8, 0.1f, 127, 9, 16, false, k > 0};
+        assert_int_equal(tr_model_init(&tm, m, &mo, &err), IA_OK);
+        tr_model_init_params(&tm, 1, &err);
+        for (size_t i = 0; i < tm.P.n; i++) tm.P.p[i] += 0.01f * (float)((i * 7919) % 13) - 0.06f;
+        tm.seed = 5;
+        ia_set_threads(k == 2 ? 2 : 1);
+        tr_params_zero_grad(&tm.P);
+        loss[k] = tr_model_step(&tm, &b, 1.0f / 6, true);
+        n = tm.P.n;
+        g[k] = falloc(n);
+        memcpy(g[k], tm.P.g, n * sizeof(float));
+        tr_model_free(&tm);
+    }
+    ia_set_threads(0);
+    const double e = rel_diff(g[1], g[0], n);
+    print_message("# bf16 products (%s): gradient rel diff to f32 %.2e, loss %.6f vs %.6f\n",
+                  tr_kern_bf16() ? "avx512-bf16" : "reference", e, (double)loss[1], (double)loss[0]);
+    assert_true(e < 3e-2 && e > 0);
+    assert_true(fabs(loss[1] - loss[0]) < 1e-2 * fabs(loss[0]));
+    assert_memory_equal(g[1], g[2], n * sizeof(float));
+    for (int k = 0; k < 3; k++) ia_free(g[k]);
     tr_batch_free(&b);
     ia_model_free(m);
 }
@@ -905,6 +1056,8 @@ int main(void) {
         cmocka_unit_test(test_fd_attention),
         cmocka_unit_test(test_gemm_vs_ref),
         cmocka_unit_test(test_pack_t_vs_ref),
+        cmocka_unit_test(test_gemm_bf16_vs_ref),
+        cmocka_unit_test(test_pack_bf16_vs_ref),
         cmocka_unit_test(test_row_kernels_vs_ref),
         cmocka_unit_test(test_attention_vs_ref),
         cmocka_unit_test(test_fd_swiglu),
@@ -912,6 +1065,7 @@ int main(void) {
         cmocka_unit_test(test_train_forward_equals_inference),
         cmocka_unit_test(test_model_grad_invariance),
         cmocka_unit_test(test_model_grad_kernels),
+        cmocka_unit_test(test_model_grad_bf16),
         cmocka_unit_test(test_data_formats),
         cmocka_unit_test(test_data_errors),
         cmocka_unit_test(test_plan),

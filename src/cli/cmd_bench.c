@@ -604,8 +604,9 @@ static void train_progress(void *ud, const ia_train_progress *p) {
 /* A few LoRA steps through the trainer (ia_train) on examples longer than --train-len (truncated to it,
  * so every sequence is full), in a temporary folder that is removed afterwards. Runs before the model
  * is loaded for inference, so the peak resident memory is the trainer's. The check: finite losses and
- * gradient norms (the trainer's arithmetic is checked against PyTorch by the test suite). */
-static int bench_train(bres *R, const bench_opts *o, ia_error *err) {
+ * gradient norms (the trainer's arithmetic is checked against PyTorch by the test suite). bf16: the
+ * same with the base-weight products in bf16 (--compute bf16), figure "train_bf16". */
+static int bench_train(bres *R, const bench_opts *o, bool bf16, ia_error *err) {
     const char *td = getenv("TMPDIR");
     char dir[4096], data[4200], out[4200];
     snprintf(dir, sizeof dir, "%s/iteralign-bench-XXXXXX", td && *td ? td : "/tmp");
@@ -637,6 +638,7 @@ static int bench_train(bres *R, const bench_opts *o, ia_error *err) {
     t.max_len = o->train_len;
     t.schedule = IA_LR_CONSTANT;
     t.warmup_ratio = 0;
+    t.bf16 = bf16;
     train_rec rec = {0};
     t.progress = train_progress;
     t.progress_ud = &rec;
@@ -646,12 +648,12 @@ static int bench_train(bres *R, const bench_opts *o, ia_error *err) {
     for (int i = 0; i < rec.n; i++) ok = ok && isfinite(rec.loss[i]) && isfinite(rec.gnorm[i]);
     const double tps = rec.n > 1 ? median(rec.tps + 1, rec.n - 1) : rec.n ? rec.tps[0] : 0;
     const double mib = (double)res.peak_bytes / (1024.0 * 1024.0);
-    add_fig(R, "train", json_pack("{s:f,s:f,s:i,s:i,s:i,s:f,s:f,s:b}", "tps", tps, "peak_mib", mib, "steps", rec.n,
+    add_fig(R, bf16 ? "train_bf16" : "train", json_pack("{s:f,s:f,s:i,s:i,s:i,s:f,s:f,s:b}", "tps", tps, "peak_mib", mib, "steps", rec.n,
                                   "batch", o->train_batch, "len", o->train_len, "first_loss", (double)res.first_loss,
                                   "final_loss", (double)res.final_loss, "ok", ok));
     if (!ok) R->all_ok = false;
-    printf("  train     %7.1f tokens/s   LoRA r8 (q,k,v,o,gate,up,down), %d x %d tokens a step, peak %.0f MiB, "
-           "loss %.4f -> %.4f  %s\n", tps, o->train_batch, o->train_len, mib, (double)res.first_loss,
+    printf("  train%-5s %7.1f tokens/s   LoRA r8 (q,k,v,o,gate,up,down), %d x %d tokens a step, peak %.0f MiB, "
+           "loss %.4f -> %.4f  %s\n", bf16 ? " bf16" : "", tps, o->train_batch, o->train_len, mib, (double)res.first_loss,
            (double)res.final_loss, ok ? "check ok (finite)" : "check FAILED (non-finite loss or gradient)");
 clean:
     remove(data);
@@ -774,7 +776,14 @@ int cmd_bench(int argc, char **argv) {
     float *keep = NULL;
     int32_t *kept = NULL;
     if (o.model && (o.what & B_TRAIN)) { /* first: its peak memory is then the trainer's alone */
-        if (bench_train(&R, &o, &err)) {
+        if (bench_train(&R, &o, false, &err)) {
+            json_decref(R.root);
+            return cli_fail_err(&err);
+        }
+        /* bf16 products only where the CPU multiplies bf16 (the reference would take minutes) */
+        if (!ia_cpu_has_bf16_dot()) {
+            printf("  train bf16  not measured: no AVX512_BF16 on this CPU\n");
+        } else if (bench_train(&R, &o, true, &err)) {
             json_decref(R.root);
             return cli_fail_err(&err);
         }

@@ -82,7 +82,7 @@ void ia_qact_quantize_ref(const float *x, int n_in, uint8_t *row) {
  * vcvtneps2bf16 does; it does not consult MXCSR), NaN stays a quiet NaN. */
 size_t ia_qact_row_bytes_bf16(int n_in) { return ((size_t)n_in * 2 + 63) & ~(size_t)63; }
 
-static uint16_t bf16_act(float f) {
+uint16_t ia_fp32_to_bf16_cvtne(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     if ((u & 0x7F800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);       /* zero, subnormal */
@@ -92,12 +92,12 @@ static uint16_t bf16_act(float f) {
 
 void ia_qact_bf16_ref(const float *x, int n_in, uint8_t *row) {
     uint16_t *h = (uint16_t *)row;
-    for (int i = 0; i < n_in; i++) h[i] = bf16_act(x[i]);
+    for (int i = 0; i < n_in; i++) h[i] = ia_fp32_to_bf16_cvtne(x[i]);
 }
 
 /* One vdpbf16ps lane step, acc + a*b for bf16 a, b: an f32 FMA with subnormal inputs read as zero and
  * a subnormal result flushed to zero, rounding to nearest even. */
-static float bf16_step(float acc, uint16_t a, uint16_t b) {
+float ia_bf16_dot_step(float acc, uint16_t a, uint16_t b) {
     if (fpclassify(acc) == FP_SUBNORMAL) acc = copysignf(0.0f, acc);
     float fa = (a & 0x7F80u) ? ia_bf16_to_fp32(a) : copysignf(0.0f, ia_bf16_to_fp32(a));
     float fb = (b & 0x7F80u) ? ia_bf16_to_fp32(b) : copysignf(0.0f, ia_bf16_to_fp32(b));
@@ -121,8 +121,8 @@ float ia_q8_dot_ref(uint32_t type, const uint8_t *w, const uint8_t *qa, int n_in
         float a[2] = {0.0f, 0.0f};
         for (int i = 0; i < n_in / 2; i++) {
             float *acc = &a[i & 1];
-            *acc = bf16_step(*acc, wh[2 * i + 1], xh[2 * i + 1]);
-            *acc = bf16_step(*acc, wh[2 * i], xh[2 * i]);
+            *acc = ia_bf16_dot_step(*acc, wh[2 * i + 1], xh[2 * i + 1]);
+            *acc = ia_bf16_dot_step(*acc, wh[2 * i], xh[2 * i]);
         }
         return a[0] + a[1];
     }
@@ -408,6 +408,11 @@ const ia_q8_kernel *ia_q8_kernel_get(void) {
     if (strcmp(fam, "avx2") == 0) return &ia_q8_kernel_avx2;
 #endif
     return NULL;
+}
+
+bool ia_cpu_has_bf16_dot(void) {
+    const ia_q8_kernel *k = ia_q8_kernel_get();
+    return k && k->quantize_bf16 != NULL && k != &q8_scalar;
 }
 
 bool ia_matmul_uses_q8(uint32_t wtype) {

@@ -107,6 +107,16 @@ bool ia_q8_type(uint32_t wtype);
  * with VNNI, else the avx2 one); BF16 needs AVX512_BF16). */
 bool ia_matmul_uses_q8(uint32_t wtype);
 
+/* bf16 arithmetic as the AVX512_BF16 instructions do it (the references of every bf16 kernel):
+ * ia_fp32_to_bf16_cvtne rounds as vcvtneps2bf16 (nearest even, float subnormals to signed zero,
+ * NaN quieted); ia_bf16_dot_step is one multiply-add of a vdpbf16ps lane, acc + a*b as an f32 FMA
+ * with subnormal inputs read as zero and a subnormal result flushed to zero (a lane takes the pair's
+ * odd element first, then the even one). */
+uint16_t ia_fp32_to_bf16_cvtne(float f);
+float ia_bf16_dot_step(float acc, uint16_t a, uint16_t b);
+/* Whether this CPU and the selected kernel family multiply bf16 pairs in hardware (AVX512_BF16). */
+bool ia_cpu_has_bf16_dot(void);
+
 /* Y = X·Wᵀ for the forward pass: ia_matmul, or in FAST precision the integer path. Every kernel
  * family's integer path gives the same bits as the scalar reference; batch- and thread-invariant. */
 void ia_matmul_infer(float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in, int n_out);

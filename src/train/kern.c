@@ -121,6 +121,42 @@ void tr_pack_t_ref(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, i
     }
 }
 
+static inline uint32_t bf16_pair(float lo, float hi) {
+    return (uint32_t)ia_fp32_to_bf16_cvtne(lo) | (uint32_t)ia_fp32_to_bf16_cvtne(hi) << 16;
+}
+
+void tr_gemm_bf16_ref(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
+                      float *C, ptrdiff_t ldc, bool acc) {
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            float *c = C + m * ldc + n;
+            if (!acc && K == 0) *c = 0.0f;
+            for (int k0 = 0; k0 < K; k0 += TR_GEMM_KB) {
+                const int k1 = K - k0 < TR_GEMM_KB ? K : k0 + TR_GEMM_KB;
+                float sum = 0.0f;
+                for (int k = k0; k < k1; k += 2) {
+                    const uint32_t b = B[(k / 2) * ldb + n];
+                    const float a1 = k + 1 < k1 ? A[m * lda + k + 1] : 0.0f; /* odd K: a zero pair half */
+                    sum = ia_bf16_dot_step(sum, ia_fp32_to_bf16_cvtne(a1), (uint16_t)(b >> 16));
+                    sum = ia_bf16_dot_step(sum, ia_fp32_to_bf16_cvtne(A[m * lda + k]), (uint16_t)b);
+                }
+                *c = acc || k0 > 0 ? *c + sum : sum;
+            }
+        }
+}
+
+void tr_pack_bf16_t_ref(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+    for (int r = 0; r < rows; r++)
+        for (int p = 0; 2 * p < K; p++)
+            P[(size_t)p * ldp + r] = bf16_pair(W[r * ldw + 2 * p], 2 * p + 1 < K ? W[r * ldw + 2 * p + 1] : 0.0f);
+}
+
+void tr_pack_bf16_rows_ref(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width) {
+    for (int p = 0; 2 * p < rows; p++)
+        for (int n = 0; n < width; n++)
+            P[(size_t)p * ldp + n] = bf16_pair(W[2 * p * ldw + n], 2 * p + 1 < rows ? W[(2 * p + 1) * ldw + n] : 0.0f);
+}
+
 float tr_softmax_row_ref(float *s, int nv, int nk, float scale, float *mx_scaled) {
     float mx = -INFINITY;
     for (int j = 0; j < nv; j++)
@@ -353,39 +389,159 @@ T512 static void swiglu_bwd_avx512(float *dg, float *du, const float *dh, const 
 }
 /* 16 x 16 blocks transposed in registers (unpack, then 128-bit lane shuffles); the edges as the
  * reference does them. */
+/* Stores the transpose of the 16x16 block r[i] (row i, 16 columns) at P[k0 + j][r0 + i]. */
+T512 static INLINE void transpose16_store(float *P, int ldp, int r0, int k0, const __m512 *r) {
+    __m512 t[16], u[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; g++) { /* rows 4g..4g+3: u[4g + j] holds column 4L + j in lane L */
+        u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+        const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88),
+                     w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+        _mm512_storeu_ps(P + (size_t)(k0 + j) * ldp + r0, _mm512_shuffle_f32x4(v0, w0, 0x88));
+        _mm512_storeu_ps(P + (size_t)(k0 + 4 + j) * ldp + r0, _mm512_shuffle_f32x4(v1, w1, 0x88));
+        _mm512_storeu_ps(P + (size_t)(k0 + 8 + j) * ldp + r0, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+        _mm512_storeu_ps(P + (size_t)(k0 + 12 + j) * ldp + r0, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+    }
+}
+
 T512 static void pack_t_avx512(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
     const int r16 = rows & ~15, k16 = K & ~15;
     for (int r0 = 0; r0 < r16; r0 += 16)
         for (int k0 = 0; k0 < k16; k0 += 16) {
-            __m512 r[16], t[16], u[16];
+            __m512 r[16];
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(W + (r0 + i) * ldw + k0);
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) {
-                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-            }
-#pragma GCC unroll 4
-            for (int g = 0; g < 4; g++) { /* rows 4g..4g+3: u[4g + j] holds column 4L + j in lane L */
-                u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-                u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-                u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-                u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-            }
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
-                const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88),
-                             w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
-                _mm512_storeu_ps(P + (size_t)(k0 + j) * ldp + r0, _mm512_shuffle_f32x4(v0, w0, 0x88));
-                _mm512_storeu_ps(P + (size_t)(k0 + 4 + j) * ldp + r0, _mm512_shuffle_f32x4(v1, w1, 0x88));
-                _mm512_storeu_ps(P + (size_t)(k0 + 8 + j) * ldp + r0, _mm512_shuffle_f32x4(v0, w0, 0xDD));
-                _mm512_storeu_ps(P + (size_t)(k0 + 12 + j) * ldp + r0, _mm512_shuffle_f32x4(v1, w1, 0xDD));
-            }
+            transpose16_store(P, ldp, r0, k0, r);
         }
     for (int r = 0; r < rows; r++) {
         const float *w = W + r * ldw;
         for (int k = r < r16 ? k16 : 0; k < K; k++) P[(size_t)k * ldp + r] = w[k];
+    }
+}
+
+/* ---- bf16: vdpbf16ps tiles of 6 rows x 64 columns, A rounded to bf16 pairs per block of KB ---- */
+#define TB __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+
+/* 32 floats to 16 bf16 pairs in order (cvtne2ps puts its second operand in the low half) */
+TB static INLINE __m512i cvt_pairs32(const float *x, __mmask16 m0, __mmask16 m1) {
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + 16), _mm512_maskz_loadu_ps(m0, x));
+}
+
+TB static INLINE __mmask16 mask_n(int l) { return l >= 16 ? (__mmask16)0xFFFF : l > 0 ? (__mmask16)((1u << l) - 1) : 0; }
+
+TB static INLINE void gemm_bf16_tile(const int mr, const int nv, int np, const uint32_t (*ab)[G_KB / 2],
+                                     const uint32_t *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk,
+                                     bool acc) {
+    __m512 c[G_MR][G_NV];
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) c[m][v] = _mm512_setzero_ps();
+    for (int p = 0; p < np; p++) {
+        __m512i b[G_NV];
+        const uint32_t *bp = B + p * ldb;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) b[v] = _mm512_maskz_loadu_epi32(mk[v], bp + 16 * v);
+#pragma GCC unroll 6
+        for (int m = 0; m < mr; m++) {
+            const __m512i a = _mm512_set1_epi32((int)ab[m][p]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) c[m][v] = _mm512_dpbf16_ps(c[m][v], (__m512bh)a, (__m512bh)b[v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __m512 r = c[m][v];
+            if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], C + m * ldc + 16 * v), r);
+            _mm512_mask_storeu_ps(C + m * ldc + 16 * v, mk[v], r);
+        }
+}
+
+#define BTILE_CASE(MR_, NV_)                                                                               \
+    case (MR_) * 8 + (NV_):                                                                                \
+        gemm_bf16_tile(MR_, NV_, np, ab, B, ldb, C, ldc, mk, acc);                                         \
+        break;
+#define BTILE_ROW(MR_) BTILE_CASE(MR_, 1) BTILE_CASE(MR_, 2) BTILE_CASE(MR_, 3) BTILE_CASE(MR_, 4)
+
+TB static void gemm_bf16_tile_any(int mr, int nv, int np, const uint32_t (*ab)[G_KB / 2], const uint32_t *B,
+                                  ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk, bool acc) {
+    switch (mr * 8 + nv) {
+        BTILE_ROW(1) BTILE_ROW(2) BTILE_ROW(3) BTILE_ROW(4) BTILE_ROW(5) BTILE_ROW(6)
+    default: break;
+    }
+}
+
+/* Per block of KB k and tile of 6 rows: the rows' A values rounded to pairs once (on the stack),
+ * then every 64-column tile of B passes under them. */
+TB static void gemm_bf16_avx512(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
+                                float *C, ptrdiff_t ldc, bool acc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!acc)
+            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    uint32_t ab[G_MR][G_KB / 2] __attribute__((aligned(64)));
+    for (int k0 = 0; k0 < K; k0 += G_KB) {
+        const int kb = K - k0 < G_KB ? K - k0 : G_KB, np = (kb + 1) / 2; /* odd K: a last half pair */
+        const bool a2 = acc || k0 > 0;
+        for (int m0 = 0; m0 < M; m0 += G_MR) {
+            const int mr = M - m0 < G_MR ? M - m0 : G_MR;
+            for (int m = 0; m < mr; m++)
+                for (int k = 0; k < kb; k += 32)
+                    _mm512_store_si512(ab[m] + k / 2, cvt_pairs32(A + (m0 + m) * lda + k0 + k, mask_n(kb - k), mask_n(kb - k - 16)));
+            for (int n0 = 0; n0 < N; n0 += 16 * G_NV) {
+                const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV, nv = (w + 15) / 16;
+                __mmask16 mk[G_NV];
+                for (int v = 0; v < G_NV; v++) mk[v] = mask_n(w - 16 * v);
+                gemm_bf16_tile_any(mr, nv, np, (const uint32_t(*)[G_KB / 2])ab, B + (k0 / 2) * ldb + n0, ldb,
+                                   C + m0 * ldc + n0, ldc, mk, a2);
+            }
+        }
+    }
+}
+
+/* rows of 16 W rows x 32 k: each row's 32 values to 16 pairs, then the 16x16 block of pairs transposed */
+TB static void pack_bf16_t_avx512(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+    const int r16 = rows & ~15, np = K / 2, p16 = np & ~15;
+    for (int r0 = 0; r0 < r16; r0 += 16)
+        for (int p0 = 0; p0 < p16; p0 += 16) {
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) r[i] = (__m512)cvt_pairs32(W + (r0 + i) * ldw + 2 * p0, 0xFFFF, 0xFFFF);
+            transpose16_store((float *)P, ldp, r0, p0, r); /* 32-bit lanes moved, not computed on */
+        }
+    for (int r = 0; r < rows; r++) {
+        const float *w = W + r * ldw;
+        for (int p = r < r16 ? p16 : 0; 2 * p < K; p++)
+            P[(size_t)p * ldp + r] = bf16_pair(w[2 * p], 2 * p + 1 < K ? w[2 * p + 1] : 0.0f);
+    }
+}
+
+TB static void pack_bf16_rows_avx512(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width) {
+    for (int p = 0; 2 * p < rows; p++) {
+        const float *lo = W + 2 * p * ldw, *hi = lo + ldw;
+        const bool last = 2 * p + 1 == rows; /* odd rows: the high halves are zero */
+        for (int n = 0; n < width; n += 16) {
+            const __mmask16 m = mask_n(width - n);
+            const __m512i a = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, lo + n)));
+            const __m512i b = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(last ? 0 : m, hi + n)));
+            _mm512_mask_storeu_epi32(P + (size_t)p * ldp + n, m, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+        }
     }
 }
 #endif /* x86-64 */
@@ -411,6 +567,45 @@ void tr_gemm(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, 
     }
 #endif
     tr_gemm_ref(M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
+}
+
+bool tr_kern_bf16(void) {
+#ifdef TR_AVX512
+    return tr_kern_avx512() && ia_cpu_has_bf16_dot();
+#else
+    return false;
+#endif
+}
+
+void tr_gemm_bf16(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
+                  ptrdiff_t ldc, bool acc) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16()) {
+        gemm_bf16_avx512(M, N, K, A, lda, B, ldb, C, ldc, acc);
+        return;
+    }
+#endif
+    tr_gemm_bf16_ref(M, N, K, A, lda, B, ldb, C, ldc, acc);
+}
+
+void tr_pack_bf16_t(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16()) {
+        pack_bf16_t_avx512(P, ldp, W, ldw, rows, K);
+        return;
+    }
+#endif
+    tr_pack_bf16_t_ref(P, ldp, W, ldw, rows, K);
+}
+
+void tr_pack_bf16_rows(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16()) {
+        pack_bf16_rows_avx512(P, ldp, W, ldw, rows, width);
+        return;
+    }
+#endif
+    tr_pack_bf16_rows_ref(P, ldp, W, ldw, rows, width);
 }
 
 float tr_softmax_row(float *s, int nv, int nk, float scale, float *mx_scaled) {

@@ -48,6 +48,30 @@ void tr_gemm_ref(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t a
 void tr_pack_t(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K);
 void tr_pack_t_ref(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K);
 
+/* ---- bf16 products (the base-weight matmuls under --compute bf16) ---- */
+
+/* C[m][n] = (acc ? C[m][n] : 0) + sum_k A[m][k] B(k, n), with A row-major f32 (row stride lda) whose
+ * values are rounded to bf16 as the kernel reads them (ia_fp32_to_bf16_cvtne), and B given as bf16
+ * pairs: B[p*ldb + n] holds B(2p, n) in its low and B(2p+1, n) in its high 16 bits. Odd K: A's
+ * element K is taken as 0 and the last pair's high half must be 0 (as the packers leave it).
+ * Summation: k in blocks of TR_GEMM_KB from 0; within a block one chain from zero over the pairs in
+ * ascending order, each pair as a vdpbf16ps lane takes it (ia_bf16_dot_step on the odd element, then
+ * the even one); block sums added to C in order. The same split rules as tr_gemm. */
+void tr_gemm_bf16(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
+                  ptrdiff_t ldc, bool acc);
+void tr_gemm_bf16_ref(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
+                      float *C, ptrdiff_t ldc, bool acc);
+/* The forward's panel: P[p][r] = pair(W[r][2p], W[r][2p+1]) for r < rows, p < ceil(K/2) (odd K: a
+ * zero high half last): weight rows become B columns, Y = X·Wᵀ = X·P. */
+void tr_pack_bf16_t(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K);
+void tr_pack_bf16_t_ref(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K);
+/* The input gradient's block: P[p][n] = pair(W[2p][n], W[2p+1][n]) for p < ceil(rows/2), n < width
+ * (odd rows: a zero high half last): weight rows stay B rows, dX = dY·W. */
+void tr_pack_bf16_rows(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width);
+void tr_pack_bf16_rows_ref(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width);
+/* true when tr_gemm_bf16 runs on AVX512_BF16 (else the reference: same bits, far slower) */
+bool tr_kern_bf16(void);
+
 /* ---- attention rows ---- */
 
 /* Forward softmax of one score row s[0..nk) (raw q·k) whose first nv entries are visible: s[j] =

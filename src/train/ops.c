@@ -156,7 +156,8 @@ void tr_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, 
  * columns, which stays in cache while every dY row passes over it). */
 #define TR_MMB_ROWS 128
 
-size_t tr_matmul_ws_floats(int n_in) { return (size_t)tr_max_threads() * TR_MMB_ROWS * (size_t)n_in; }
+/* per thread: a panel of weight rows dequantised (TR_MMB_ROWS) and, for bf16, its pairs (half as many) */
+size_t tr_matmul_ws_floats(int n_in) { return (size_t)tr_max_threads() * (TR_MMB_ROWS * 3 / 2) * (size_t)n_in; }
 
 typedef struct {
     float *Y;
@@ -164,6 +165,7 @@ typedef struct {
     const ia_weight *W;
     int N, nunit;
     float *ws;
+    bool bf16;
 } mmf_job;
 
 #define TR_MMF_COLS 64 /* output columns (weight rows) per transposed panel */
@@ -177,7 +179,7 @@ static void mm_fwd_run(void *p, int tid, int nth) {
     const int in = W->n_in, out = W->n_out;
     int u0 = (int)((int64_t)j->nunit * tid / nth), u1 = (int)((int64_t)j->nunit * (tid + 1) / nth);
     int c0 = u0 * TR_MMF_UNIT, c1 = u1 * TR_MMF_UNIT < out ? u1 * TR_MMF_UNIT : out;
-    float *P = j->ws + (size_t)tid * TR_MMB_ROWS * in, *Dq = P + (size_t)TR_MMF_COLS * in;
+    float *P = j->ws + (size_t)tid * (TR_MMB_ROWS * 3 / 2) * in, *Dq = P + (size_t)TR_MMF_COLS * in;
     const size_t rs = ia_type_row_size(W->type, in);
     for (int o0 = c0; o0 < c1; o0 += TR_MMF_COLS) {
         const int nr = c1 - o0 < TR_MMF_COLS ? c1 - o0 : TR_MMF_COLS;
@@ -187,16 +189,21 @@ static void mm_fwd_run(void *p, int tid, int nth) {
                 ia_dequantize_row_fast(W->type, (const uint8_t *)W->data + (size_t)(o0 + r) * rs, Dq + (size_t)r * in, in);
             rows = Dq;
         }
-        tr_pack_t(P, TR_MMF_COLS, rows, in, nr, in);
-        tr_gemm(j->N, nr, in, j->X, in, 1, P, TR_MMF_COLS, j->Y + o0, out, false);
+        if (j->bf16) {
+            tr_pack_bf16_t((uint32_t *)P, TR_MMF_COLS, rows, in, nr, in);
+            tr_gemm_bf16(j->N, nr, in, j->X, in, (const uint32_t *)P, TR_MMF_COLS, j->Y + o0, out, false);
+        } else {
+            tr_pack_t(P, TR_MMF_COLS, rows, in, nr, in);
+            tr_gemm(j->N, nr, in, j->X, in, 1, P, TR_MMF_COLS, j->Y + o0, out, false);
+        }
     }
 }
 
-void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws) {
+void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws, bool bf16) {
     if (!ws) {
         ia_matmul(Y, X, W->data, W->type, N, W->n_in, W->n_out);
     } else {
-        mmf_job j = {Y, X, W, N, (W->n_out + TR_MMF_UNIT - 1) / TR_MMF_UNIT, ws};
+        mmf_job j = {Y, X, W, N, (W->n_out + TR_MMF_UNIT - 1) / TR_MMF_UNIT, ws, bf16};
         int nth = tr_threads();
         if (nth > j.nunit) nth = j.nunit;
         if (!PAR_WORK((double)N * W->n_in * W->n_out)) nth = 1;
@@ -213,6 +220,7 @@ typedef struct {
     const ia_weight *W;
     int N, nblk, bs, unit;
     float *ws;
+    bool bf16;
 } mmdx_job;
 
 /* dX[t][i0:i1] += sum_o dY[t][o] W[o][i0:i1] for one thread's column range: tr_gemm sums over o in
@@ -225,26 +233,39 @@ static void mm_dx_run(void *p, int tid, int nth) {
     int i0 = b0 * j->unit, i1 = b1 * j->unit < in ? b1 * j->unit : in;
     if (i1 <= i0) return;
     const int width = i1 - i0;
-    if (W->type == IA_TYPE_F32) {
+    if (W->type == IA_TYPE_F32 && !j->bf16) {
         tr_gemm(j->N, width, out, j->dY, out, 1, (const float *)W->data + i0, in, j->dX + i0, in, true);
         return;
     }
     const ia_type_traits *tt = ia_type_traits_get(W->type);
     const size_t rs = ia_type_row_size(W->type, in);
-    float *ws = j->ws + (size_t)tid * TR_MMB_ROWS * in;
+    float *ws = j->ws + (size_t)tid * (TR_MMB_ROWS * 3 / 2) * in;
+    uint32_t *pairs = (uint32_t *)(ws + (size_t)TR_MMB_ROWS * width);
+    /* blocks of TR_MMB_ROWS = TR_GEMM_KB rows: splitting K there gives the bits of one product */
     for (int o0 = 0; o0 < out; o0 += TR_MMB_ROWS) {
         int nr = out - o0 < TR_MMB_ROWS ? out - o0 : TR_MMB_ROWS;
-        for (int r = 0; r < nr; r++) {
-            const uint8_t *row = (const uint8_t *)W->data + (size_t)(o0 + r) * rs;
-            ia_dequantize_row_fast(W->type, row + (size_t)(i0 / tt->blck_size) * tt->type_size, ws + (size_t)r * width,
-                                   width);
+        const float *rows = (const float *)W->data + (size_t)o0 * in + i0;
+        ptrdiff_t ld = in;
+        if (W->type != IA_TYPE_F32) {
+            for (int r = 0; r < nr; r++) {
+                const uint8_t *row = (const uint8_t *)W->data + (size_t)(o0 + r) * rs;
+                ia_dequantize_row_fast(W->type, row + (size_t)(i0 / tt->blck_size) * tt->type_size,
+                                       ws + (size_t)r * width, width);
+            }
+            rows = ws;
+            ld = width;
         }
-        tr_gemm(j->N, width, nr, j->dY + o0, out, 1, ws, width, j->dX + i0, in, true);
+        if (j->bf16) {
+            tr_pack_bf16_rows(pairs, width, rows, ld, nr, width);
+            tr_gemm_bf16(j->N, width, nr, j->dY + o0, out, pairs, width, j->dX + i0, in, true);
+        } else {
+            tr_gemm(j->N, width, nr, j->dY + o0, out, 1, rows, ld, j->dX + i0, in, true);
+        }
     }
 }
 
 void tr_matmul_backward(float *dX, float *dW, float *db, const float *dY, const float *X, const ia_weight *W,
-                        int N, float *ws) {
+                        int N, float *ws, bool bf16) {
     const int in = W->n_in, out = W->n_out;
     if (dX) {
         /* the columns in block-aligned ranges (16 columns for f32: whole vectors), one per thread */
@@ -254,7 +275,7 @@ void tr_matmul_backward(float *dX, float *dW, float *db, const float *dY, const 
         int nth = tr_threads();
         if (nth > nblk) nth = nblk;
         if (!PAR_WORK((double)N * in * out)) nth = 1;
-        mmdx_job j = {dX, dY, W, N, nblk, bs, unit, ws};
+        mmdx_job j = {dX, dY, W, N, nblk, bs, unit, ws, bf16};
         tr_par_run(nth, mm_dx_run, &j);
     }
     if (dW) /* dW[o][i] += sum_t dY[t][o] X[t][i] (A = dYᵀ), t in order */

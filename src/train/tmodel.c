@@ -413,7 +413,7 @@ static uint64_t dropout_key(const tr_model *tm, int l, int j) {
 }
 
 static void linear_forward(tr_model *tm, float *Y, float *U, const float *X, const tr_linear *ln, int N, int l, int j) {
-    tr_matmul_forward(Y, X, &ln->w, ln->b, N, tm->mm_ws);
+    tr_matmul_forward(Y, X, &ln->w, ln->b, N, tm->mm_ws, tm->o.bf16);
     if (ln->A) {
         tr_dropout dr = {tm->o.dropout, dropout_key(tm, l, j)};
         tr_lora_forward(Y, U, X, ln->A, ln->B, tm->scale, &dr, N, ln->w.n_in, ln->w.n_out, tm->o.rank, tm->xd,
@@ -423,7 +423,7 @@ static void linear_forward(tr_model *tm, float *Y, float *U, const float *X, con
 
 static void linear_backward(tr_model *tm, float *dX, const tr_linear *ln, const float *dY, const float *X,
                             const float *U, int N, int l, int j) {
-    tr_matmul_backward(dX, ln->dw, ln->db, dY, X, &ln->w, N, tm->mm_ws);
+    tr_matmul_backward(dX, ln->dw, ln->db, dY, X, &ln->w, N, tm->mm_ws, tm->o.bf16);
     if (ln->A) {
         tr_dropout dr = {tm->o.dropout, dropout_key(tm, l, j)};
         tr_lora_backward(dX, ln->dA, ln->dB, dY, X, ln->A, ln->B, U, tm->scale, &dr, N, ln->w.n_in, ln->w.n_out,
@@ -539,14 +539,15 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
             c++;
         }
         if (!c) break;
-        tr_matmul_forward(tm->logits, tm->head_x, &tm->output, NULL, c, tm->mm_ws);
+        tr_matmul_forward(tm->logits, tm->head_x, &tm->output, NULL, c, tm->mm_ws, tm->o.bf16);
         tr_crossentropy_forward(tm->loss, tm->logits, tm->head_tgt, c, V);
         for (int i = 0; i < c; i++) loss_sum += tm->loss[i];
         if (!backward) continue;
         for (int i = 0; i < c; i++) tm->dloss[i] = dloss_scale;
         tr_crossentropy_softmax_backward(tm->logits, tm->dloss, tm->head_tgt, c, V);
         memset(tm->head_dx, 0, (size_t)c * E * sizeof(float));
-        tr_matmul_backward(tm->head_dx, tm->d_output, NULL, tm->logits, tm->head_x, &tm->output, c, tm->mm_ws);
+        tr_matmul_backward(tm->head_dx, tm->d_output, NULL, tm->logits, tm->head_x, &tm->output, c, tm->mm_ws,
+                           tm->o.bf16);
         for (int i = 0; i < c; i++)
             memcpy(tm->dxn + (size_t)tm->head_idx[i] * E, tm->head_dx + (size_t)i * E, (size_t)E * sizeof(float));
     }
@@ -565,5 +566,5 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
 void tr_model_logits(tr_model *tm, const tr_batch *b, float *logits) {
     check_batch(tm, b);
     forward_layers(tm, b);
-    tr_matmul_forward(logits, tm->xnf, &tm->output, NULL, b->N, tm->mm_ws);
+    tr_matmul_forward(logits, tm->xnf, &tm->output, NULL, b->N, tm->mm_ws, tm->o.bf16);
 }

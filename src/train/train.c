@@ -48,7 +48,7 @@ static uint64_t fingerprint(const ia_model *m, const tr_dataset *ds, const ia_tr
     h = tr_hash(h, ds->mask, ds->n_tok);
     for (int i = 0; i < ds->n_ex; i++) h = tr_hash(h, &ds->ex[i].n, sizeof ds->ex[i].n);
     int iv[] = {(int)o->method, mo->rank, (int)mo->targets, o->epochs, o->batch_size, o->grad_accum, (int)o->schedule,
-                o->max_len, o->pack};
+                o->max_len, o->pack, o->bf16};
     float fv[] = {mo->alpha, mo->dropout, o->lr, o->weight_decay, o->beta1, o->beta2, o->eps, o->warmup_ratio,
                   o->grad_clip};
     h = tr_hash(h, iv, sizeof iv);
@@ -128,6 +128,7 @@ int ia_train(const ia_train_opts *o, ia_train_result *res, ia_error *err) {
     mo.alpha = o->lora_alpha;
     mo.dropout = o->lora_dropout;
     mo.recompute = o->recompute;
+    mo.bf16 = o->bf16;
     if (o->method == IA_TRAIN_LORA) {
         mo.targets = tr_parse_targets(o->lora_targets, err);
         if (!mo.targets) { rc = err ? err->code : IA_ERR_ARG; goto out; }

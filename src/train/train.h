@@ -41,6 +41,9 @@ typedef struct ia_train_opts {
     int max_len;               /* tokens per sequence, default 512 (longer examples are truncated) */
     bool pack;                 /* pack several examples into one sequence (default false: pad) */
     bool recompute;            /* recompute activations in backward to bound memory */
+    bool bf16;                 /* products with the base weights (forward and input gradient) in bf16, as
+                                  vdpbf16ps computes them (AVX512_BF16; elsewhere the same bits, slowly);
+                                  LoRA factors, gradients of trained weights, attention and AdamW stay f32 */
     uint64_t seed;             /* same seed, same result */
     const char *chat_template; /* template name; NULL: the model's own, else a plain "prompt + completion" */
     const char *checkpoint_path; /* optimizer + adapter state, written every checkpoint_every steps; resumed if present */

@@ -89,6 +89,7 @@ typedef struct tr_model_opts {
     int max_tokens;                /* most tokens N in a micro-batch */
     int max_pos;                   /* most positions of one example (RoPE table rows) */
     bool recompute;                /* keep only layer inputs; recompute a layer in its backward */
+    bool bf16;                     /* products with the base weights (forward, input gradient) in bf16 */
 } tr_model_opts;
 
 typedef struct tr_model {
