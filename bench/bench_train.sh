@@ -7,7 +7,7 @@
 # Step: BATCH examples of SEQ tokens (every token but the first few carries loss), LoRA rank 8,
 # alpha 16 on all seven matrices, AdamW, clipping. tokens/s is the median of the steps after the
 # first; peak memory is the process's maximum resident set (the mapped f32 weights included, for
-# both). Environment: BENCH_TRAIN_STEPS (4), BENCH_TRAIN_BATCH (2), BENCH_TRAIN_SEQ (256),
+# both). Where the CPU has AVX512_BF16, iteralign runs a second time with --compute bf16. Environment: BENCH_TRAIN_STEPS (4), BENCH_TRAIN_BATCH (2), BENCH_TRAIN_SEQ (256),
 # BENCH_THREADS (all cores), LLAMA_FINETUNE (a llama-finetune-lora binary: measured on the same model).
 # Writes bench/results/train.txt. Run from the repository root.
 set -u
@@ -45,6 +45,20 @@ c_tps=$(tail -n +2 "$TMP/log.jsonl" | sed 's/.*"tokens_per_s":\([0-9.]*\).*/\1/'
 [ "$c_tps" = 0 ] && c_tps=$(sed 's/.*"tokens_per_s":\([0-9.]*\).*/\1/' "$TMP/log.jsonl" | tail -1)
 c_mib=$(sed -n 's/.*peak memory \([0-9.]*\) MiB.*/\1/p' "$TMP/train.err")
 line="iteralign LoRA train: $c_tps tokens/s, peak $c_mib MiB"
+# the same with the base-weight products in bf16 (--compute bf16), where the CPU multiplies bf16 pairs
+if grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then
+  echo "bench_train: iteralign train --compute bf16 ..." >&2
+  rm -f "$TMP/log16.jsonl"
+  "$BIN" train -m "$TMP/smol.gguf" --data "$TMP/data.jsonl" --out "$TMP/a16.gguf" --epochs 1 -b "$BATCH" \
+    --max-len "$SEQ" --rank 8 --alpha 16 --schedule constant --warmup-ratio 0 -t "$THREADS" -q --compute bf16 \
+    --log "$TMP/log16.jsonl" 2>"$TMP/train16.err" || { cat "$TMP/train16.err" >&2; exit 1; }
+  b_tps=$(tail -n +2 "$TMP/log16.jsonl" | sed 's/.*"tokens_per_s":\([0-9.]*\).*/\1/' | sort -n |
+          awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else print a[int((NR + 1) / 2)] }')
+  b_mib=$(sed -n 's/.*peak memory \([0-9.]*\) MiB.*/\1/p' "$TMP/train16.err")
+  line="$line | iteralign LoRA train bf16: $b_tps tokens/s, peak $b_mib MiB"
+else
+  line="$line | iteralign LoRA train bf16: not measured (no avx512_bf16 on this CPU)"
+fi
 
 if "$PY" -c 'import torch' 2>/dev/null; then
   echo "bench_train: PyTorch $("$PY" -c 'import torch; print(torch.__version__)') ..." >&2

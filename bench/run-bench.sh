@@ -243,6 +243,11 @@ s = open(sys.argv[1], errors="replace").read()
 m = re.search(r"iteralign LoRA train: ([\d.]+) tokens/s, peak ([\d.]+) MiB", s)
 print(json.dumps({"tool": "iteralign", "test": "train", "tps": float(m.group(1)) if m else None,
                   "peak_mib": float(m.group(2)) if m else None, "failed": m is None}))
+b = re.search(r"iteralign LoRA train bf16: ([\d.]+) tokens/s, peak ([\d.]+) MiB", s)
+if b:
+    print(json.dumps({"tool": "iteralign-bf16", "test": "train", "tps": float(b.group(1)), "peak_mib": float(b.group(2))}))
+else:
+    print(json.dumps({"tool": "iteralign-bf16", "test": "train", "absent": True, "why": "no AVX512_BF16 on this CPU" if "no avx512_bf16" in s else "not measured"}))
 t = re.search(r"PyTorch: ([\d.]+) tokens/s, peak ([\d.]+) MiB", s)
 if t:
     print(json.dumps({"tool": "torch-fp32", "test": "train", "tps": float(t.group(1)), "peak_mib": float(t.group(2))}))

@@ -114,6 +114,9 @@ assert r["ok"] is True, "a check failed"
 for k in ("pp", "tg", "score", "train", "bw_gbs", "batch"):
     assert k in r, k
 assert r["train"]["tps"] > 0 and r["train"]["peak_mib"] > 0 and r["train"]["ok"]
+# --compute bf16 measured too where the CPU multiplies bf16 pairs
+if "avx512_bf16" in open("/proc/cpuinfo").read().split():
+    assert r["train_bf16"]["tps"] > 0 and r["train_bf16"]["ok"], "train_bf16"
 assert [b["npl"] for b in r["batch"]] == [1, 4]
 PY
   else

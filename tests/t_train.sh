@@ -105,6 +105,16 @@ fi
 if out=$("$DRV" eval $STORIES "$TMP/mem.jsonl" default "$TMP/a.gguf" 2>&1) &&
    awk '{ exit !($6 < 0.05) }' <<<"$out"; then ok "memorised: per-token loss $out"
 else notok "memorised: per-token loss $out"; fi
+# the same with the base-weight products in bf16: the adapter, used at f32, has learned them too
+if "$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/a16.gguf" --epochs 100 --lr 1e-2 --schedule constant \
+     --rank 16 --seed 1 -t 2 -q --compute bf16 2>"$TMP/err.log" &&
+   out=$("$DRV" eval $STORIES "$TMP/mem.jsonl" default "$TMP/a16.gguf" 2>&1) &&
+   awk '{ exit !($6 < 0.05) }' <<<"$out"; then ok "train --compute bf16: memorised, per-token loss at f32 $out"
+else notok "train --compute bf16: ${out:-}"; sed 's/^/# /' "$TMP/err.log"; fi
+if "$BIN" train -m $STORIES --data "$TMP/mem.jsonl" --out "$TMP/x.gguf" --compute fp8 2>"$TMP/err.log"; then
+  notok "--compute fp8 accepted"
+elif grep -q "not f32 or bf16" "$TMP/err.log"; then ok "--compute: an unknown precision is refused: $(head -c 80 "$TMP/err.log")"
+else notok "--compute error message"; sed 's/^/# /' "$TMP/err.log"; fi
 if "$BIN" merge -m $STORIES --lora "$TMP/a.gguf" --out "$TMP/merged.gguf" --type f32 2>"$TMP/err.log"; then
   ok "merge f32"
 else notok "merge f32"; sed 's/^/# /' "$TMP/err.log"; fi

@@ -370,11 +370,15 @@ static void test_gemm_bf16_vs_ref(void **st) {
         for (size_t i = 0; i < (size_t)K * ldb; i++) W[i] = bf16_in(&r, (int)i + 4);
         fill(C0, (size_t)M * ldc, &r, 1);
         tr_pack_bf16_rows_ref(B, ldb, W, ldb, K, N); /* B(k, n) = W[k][n] */
+        const int lda = ((K + 1) & ~1) + 2;
+        uint16_t *A16 = ia_calloc((size_t)M * lda, 2);
+        assert_non_null(A16);
+        tr_bf16_rows_ref(A16, lda, A, K + 2, M, K);
         for (int acc = 0; acc < 2; acc++) {
             memcpy(C1, C0, (size_t)M * ldc * sizeof(float));
             memcpy(C2, C0, (size_t)M * ldc * sizeof(float));
-            tr_gemm_bf16(M, N, K, A, K + 2, B, ldb, C1, ldc, acc);
-            tr_gemm_bf16_ref(M, N, K, A, K + 2, B, ldb, C2, ldc, acc);
+            tr_gemm_bf16(M, N, K, A16, lda, B, ldb, C1, ldc, acc);
+            tr_gemm_bf16_ref(M, N, K, A16, lda, B, ldb, C2, ldc, acc);
             assert_memory_equal(C1, C2, (size_t)M * ldc * sizeof(float));
             for (int m = 0; m < M; m++) {
                 for (int n = N; n < ldc; n++) assert_true(C1[(size_t)m * ldc + n] == C0[(size_t)m * ldc + n]);
@@ -398,16 +402,16 @@ static void test_gemm_bf16_vs_ref(void **st) {
             for (int part = 0; part < 2; part++) {
                 int ka = part ? k1 : 0, kb = part ? K : k1;
                 bool ac = acc || part;
-                const float *Ak = A + ka;
+                const uint16_t *Ak = A16 + ka;
                 const uint32_t *Bk = B + (size_t)(ka / 2) * ldb;
-                tr_gemm_bf16(m1, n1, kb - ka, Ak, K + 2, Bk, ldb, C2, ldc, ac);
-                tr_gemm_bf16(m1, N - n1, kb - ka, Ak, K + 2, Bk + n1, ldb, C2 + n1, ldc, ac);
-                tr_gemm_bf16(M - m1, N, kb - ka, Ak + (size_t)m1 * (K + 2), K + 2, Bk, ldb, C2 + (size_t)m1 * ldc, ldc, ac);
+                tr_gemm_bf16(m1, n1, kb - ka, Ak, lda, Bk, ldb, C2, ldc, ac);
+                tr_gemm_bf16(m1, N - n1, kb - ka, Ak, lda, Bk + n1, ldb, C2 + n1, ldc, ac);
+                tr_gemm_bf16(M - m1, N, kb - ka, Ak + (size_t)m1 * lda, lda, Bk, ldb, C2 + (size_t)m1 * ldc, ldc, ac);
             }
             assert_memory_equal(C1, C2, (size_t)M * ldc * sizeof(float));
         }
         print_message("# bf16 gemm %dx%dx%d (%s): ok\n", M, N, K, tr_kern_bf16() ? "avx512-bf16" : "reference");
-        ia_free(A); ia_free(W); ia_free(B); ia_free(C0); ia_free(C1); ia_free(C2);
+        ia_free(A); ia_free(A16); ia_free(W); ia_free(B); ia_free(C0); ia_free(C1); ia_free(C2);
     }
 }
 
@@ -447,6 +451,21 @@ static void test_pack_bf16_vs_ref(void **st) {
                 assert_true((uint16_t)w == ia_fp32_to_bf16_cvtne(W[(size_t)(2 * p) * ldw + n]));
                 assert_true((uint16_t)(w >> 16) == (2 * p + 1 < rows ? ia_fp32_to_bf16_cvtne(W[(size_t)(2 * p + 1) * ldw + n]) : 0));
             }
+        /* rows to bf16 (odd K: a zero pad after each row) */
+        const int ld16 = ((K + 1) & ~1) + 2;
+        uint16_t *H1 = ia_malloc((size_t)rows * ld16 * 2), *H2 = ia_malloc((size_t)rows * ld16 * 2);
+        assert_non_null(H1); assert_non_null(H2);
+        memset(H1, 0x5A, (size_t)rows * ld16 * 2);
+        memset(H2, 0x5A, (size_t)rows * ld16 * 2);
+        tr_bf16_rows(H1, ld16, W, ldw, rows, K);
+        tr_bf16_rows_ref(H2, ld16, W, ldw, rows, K);
+        assert_memory_equal(H1, H2, (size_t)rows * ld16 * 2);
+        for (int rr = 0; rr < rows; rr++) {
+            for (int k = 0; k < K; k++) assert_true(H2[(size_t)rr * ld16 + k] == ia_fp32_to_bf16_cvtne(W[(size_t)rr * ldw + k]));
+            if (K % 2) assert_true(H2[(size_t)rr * ld16 + K] == 0);
+            assert_true(H2[(size_t)rr * ld16 + ld16 - 1] == 0x5A5A); /* nothing past the row (and its pad) */
+        }
+        ia_free(H1); ia_free(H2);
         ia_free(W); ia_free(P1); ia_free(P2); ia_free(Q1); ia_free(Q2);
     }
 }

@@ -125,7 +125,14 @@ static inline uint32_t bf16_pair(float lo, float hi) {
     return (uint32_t)ia_fp32_to_bf16_cvtne(lo) | (uint32_t)ia_fp32_to_bf16_cvtne(hi) << 16;
 }
 
-void tr_gemm_bf16_ref(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
+void tr_bf16_rows_ref(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
+    for (int r = 0; r < rows; r++) {
+        for (int k = 0; k < K; k++) dst[r * ldd + k] = ia_fp32_to_bf16_cvtne(src[r * lds + k]);
+        if (K % 2) dst[r * ldd + K] = 0;
+    }
+}
+
+void tr_gemm_bf16_ref(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
                       float *C, ptrdiff_t ldc, bool acc) {
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
@@ -136,9 +143,8 @@ void tr_gemm_bf16_ref(int M, int N, int K, const float *A, ptrdiff_t lda, const 
                 float sum = 0.0f;
                 for (int k = k0; k < k1; k += 2) {
                     const uint32_t b = B[(k / 2) * ldb + n];
-                    const float a1 = k + 1 < k1 ? A[m * lda + k + 1] : 0.0f; /* odd K: a zero pair half */
-                    sum = ia_bf16_dot_step(sum, ia_fp32_to_bf16_cvtne(a1), (uint16_t)(b >> 16));
-                    sum = ia_bf16_dot_step(sum, ia_fp32_to_bf16_cvtne(A[m * lda + k]), (uint16_t)b);
+                    sum = ia_bf16_dot_step(sum, k + 1 < k1 ? A[m * lda + k + 1] : 0, (uint16_t)(b >> 16));
+                    sum = ia_bf16_dot_step(sum, A[m * lda + k], (uint16_t)b);
                 }
                 *c = acc || k0 > 0 ? *c + sum : sum;
             }
@@ -431,7 +437,7 @@ T512 static void pack_t_avx512(float *P, int ldp, const float *W, ptrdiff_t ldw,
     }
 }
 
-/* ---- bf16: vdpbf16ps tiles of 6 rows x 64 columns, A rounded to bf16 pairs per block of KB ---- */
+/* ---- bf16: vdpbf16ps tiles of 6 rows x 64 columns, A's pairs broadcast from its bf16 rows ---- */
 #define TB __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
 
 /* 32 floats to 16 bf16 pairs in order (cvtne2ps puts its second operand in the low half) */
@@ -441,7 +447,7 @@ TB static INLINE __m512i cvt_pairs32(const float *x, __mmask16 m0, __mmask16 m1)
 
 TB static INLINE __mmask16 mask_n(int l) { return l >= 16 ? (__mmask16)0xFFFF : l > 0 ? (__mmask16)((1u << l) - 1) : 0; }
 
-TB static INLINE void gemm_bf16_tile(const int mr, const int nv, int np, const uint32_t (*ab)[G_KB / 2],
+TB static INLINE void gemm_bf16_tile(const int mr, const int nv, int np, const uint16_t *A, ptrdiff_t lda,
                                      const uint32_t *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk,
                                      bool acc) {
     __m512 c[G_MR][G_NV];
@@ -456,7 +462,9 @@ TB static INLINE void gemm_bf16_tile(const int mr, const int nv, int np, const u
         for (int v = 0; v < nv; v++) b[v] = _mm512_maskz_loadu_epi32(mk[v], bp + 16 * v);
 #pragma GCC unroll 6
         for (int m = 0; m < mr; m++) {
-            const __m512i a = _mm512_set1_epi32((int)ab[m][p]);
+            int32_t pr;
+            memcpy(&pr, A + m * lda + 2 * p, 4); /* the pair (A[m][2p], A[m][2p+1]) */
+            const __m512i a = _mm512_set1_epi32(pr);
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++) c[m][v] = _mm512_dpbf16_ps(c[m][v], (__m512bh)a, (__m512bh)b[v]);
         }
@@ -473,11 +481,11 @@ TB static INLINE void gemm_bf16_tile(const int mr, const int nv, int np, const u
 
 #define BTILE_CASE(MR_, NV_)                                                                               \
     case (MR_) * 8 + (NV_):                                                                                \
-        gemm_bf16_tile(MR_, NV_, np, ab, B, ldb, C, ldc, mk, acc);                                         \
+        gemm_bf16_tile(MR_, NV_, np, A, lda, B, ldb, C, ldc, mk, acc);                                     \
         break;
 #define BTILE_ROW(MR_) BTILE_CASE(MR_, 1) BTILE_CASE(MR_, 2) BTILE_CASE(MR_, 3) BTILE_CASE(MR_, 4)
 
-TB static void gemm_bf16_tile_any(int mr, int nv, int np, const uint32_t (*ab)[G_KB / 2], const uint32_t *B,
+TB static void gemm_bf16_tile_any(int mr, int nv, int np, const uint16_t *A, ptrdiff_t lda, const uint32_t *B,
                                   ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk, bool acc) {
     switch (mr * 8 + nv) {
         BTILE_ROW(1) BTILE_ROW(2) BTILE_ROW(3) BTILE_ROW(4) BTILE_ROW(5) BTILE_ROW(6)
@@ -485,33 +493,40 @@ TB static void gemm_bf16_tile_any(int mr, int nv, int np, const uint32_t (*ab)[G
     }
 }
 
-/* Per block of KB k and tile of 6 rows: the rows' A values rounded to pairs once (on the stack),
- * then every 64-column tile of B passes under them. */
-TB static void gemm_bf16_avx512(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
-                                float *C, ptrdiff_t ldc, bool acc) {
+/* The f32 GEMM's loop order: per block of KB k, the B panel (KB/2 pairs x 64 columns) stays in L1
+ * while every 6-row tile passes over it. */
+TB static void gemm_bf16_avx512(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B,
+                                ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!acc)
             for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
-    uint32_t ab[G_MR][G_KB / 2] __attribute__((aligned(64)));
     for (int k0 = 0; k0 < K; k0 += G_KB) {
         const int kb = K - k0 < G_KB ? K - k0 : G_KB, np = (kb + 1) / 2; /* odd K: a last half pair */
         const bool a2 = acc || k0 > 0;
-        for (int m0 = 0; m0 < M; m0 += G_MR) {
-            const int mr = M - m0 < G_MR ? M - m0 : G_MR;
-            for (int m = 0; m < mr; m++)
-                for (int k = 0; k < kb; k += 32)
-                    _mm512_store_si512(ab[m] + k / 2, cvt_pairs32(A + (m0 + m) * lda + k0 + k, mask_n(kb - k), mask_n(kb - k - 16)));
-            for (int n0 = 0; n0 < N; n0 += 16 * G_NV) {
-                const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV, nv = (w + 15) / 16;
-                __mmask16 mk[G_NV];
-                for (int v = 0; v < G_NV; v++) mk[v] = mask_n(w - 16 * v);
-                gemm_bf16_tile_any(mr, nv, np, (const uint32_t(*)[G_KB / 2])ab, B + (k0 / 2) * ldb + n0, ldb,
-                                   C + m0 * ldc + n0, ldc, mk, a2);
-            }
+        for (int n0 = 0; n0 < N; n0 += 16 * G_NV) {
+            const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV, nv = (w + 15) / 16;
+            __mmask16 mk[G_NV];
+            for (int v = 0; v < G_NV; v++) mk[v] = mask_n(w - 16 * v);
+            const uint32_t *Bp = B + (k0 / 2) * ldb + n0;
+            int m0 = 0;
+            for (; m0 + G_MR <= M; m0 += G_MR)
+                gemm_bf16_tile_any(G_MR, nv, np, A + m0 * lda + k0, lda, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
+            if (m0 < M)
+                gemm_bf16_tile_any(M - m0, nv, np, A + m0 * lda + k0, lda, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
         }
+    }
+}
+
+TB static void bf16_rows_avx512(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
+    for (int r = 0; r < rows; r++) {
+        for (int k = 0; k < K; k += 16) {
+            const __mmask16 m = mask_n(K - k);
+            _mm256_mask_storeu_epi16(dst + r * ldd + k, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + r * lds + k)));
+        }
+        if (K % 2) dst[r * ldd + K] = 0;
     }
 }
 
@@ -577,7 +592,17 @@ bool tr_kern_bf16(void) {
 #endif
 }
 
-void tr_gemm_bf16(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
+void tr_bf16_rows(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16()) {
+        bf16_rows_avx512(dst, ldd, src, lds, rows, K);
+        return;
+    }
+#endif
+    tr_bf16_rows_ref(dst, ldd, src, lds, rows, K);
+}
+
+void tr_gemm_bf16(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
                   ptrdiff_t ldc, bool acc) {
 #ifdef TR_AVX512
     if (tr_kern_bf16()) {

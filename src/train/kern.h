@@ -50,16 +50,19 @@ void tr_pack_t_ref(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, i
 
 /* ---- bf16 products (the base-weight matmuls under --compute bf16) ---- */
 
-/* C[m][n] = (acc ? C[m][n] : 0) + sum_k A[m][k] B(k, n), with A row-major f32 (row stride lda) whose
- * values are rounded to bf16 as the kernel reads them (ia_fp32_to_bf16_cvtne), and B given as bf16
- * pairs: B[p*ldb + n] holds B(2p, n) in its low and B(2p+1, n) in its high 16 bits. Odd K: A's
- * element K is taken as 0 and the last pair's high half must be 0 (as the packers leave it).
+/* dst[r][k] = src[r][k] rounded to bf16 as vcvtneps2bf16 does (ia_fp32_to_bf16_cvtne) for r < rows,
+ * k < K; odd K: dst[r][K] = 0 as well (the pad that completes the last pair). */
+void tr_bf16_rows(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K);
+void tr_bf16_rows_ref(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K);
+/* C[m][n] = (acc ? C[m][n] : 0) + sum_k A[m][k] B(k, n), with A bf16 row-major (row stride lda, even;
+ * odd K: A[m][K] = 0, as tr_bf16_rows leaves it) and B given as bf16 pairs: B[p*ldb + n] holds
+ * B(2p, n) in its low and B(2p+1, n) in its high 16 bits (odd K: the last pair's high half 0).
  * Summation: k in blocks of TR_GEMM_KB from 0; within a block one chain from zero over the pairs in
  * ascending order, each pair as a vdpbf16ps lane takes it (ia_bf16_dot_step on the odd element, then
  * the even one); block sums added to C in order. The same split rules as tr_gemm. */
-void tr_gemm_bf16(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
+void tr_gemm_bf16(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
                   ptrdiff_t ldc, bool acc);
-void tr_gemm_bf16_ref(int M, int N, int K, const float *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
+void tr_gemm_bf16_ref(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb,
                       float *C, ptrdiff_t ldc, bool acc);
 /* The forward's panel: P[p][r] = pair(W[r][2p], W[r][2p+1]) for r < rows, p < ceil(K/2) (odd K: a
  * zero high half last): weight rows become B columns, Y = X·Wᵀ = X·P. */
@@ -69,7 +72,7 @@ void tr_pack_bf16_t_ref(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int
  * (odd rows: a zero high half last): weight rows stay B rows, dX = dY·W. */
 void tr_pack_bf16_rows(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width);
 void tr_pack_bf16_rows_ref(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width);
-/* true when tr_gemm_bf16 runs on AVX512_BF16 (else the reference: same bits, far slower) */
+/* true when the bf16 kernels run on AVX512_BF16 (else the references: same bits, far slower) */
 bool tr_kern_bf16(void);
 
 /* ---- attention rows ---- */

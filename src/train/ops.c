@@ -165,7 +165,8 @@ typedef struct {
     const ia_weight *W;
     int N, nunit;
     float *ws;
-    bool bf16;
+    const uint16_t *a16; /* X in bf16 (row stride a16_ld), or NULL: f32 products */
+    int a16_ld;
 } mmf_job;
 
 #define TR_MMF_COLS 64 /* output columns (weight rows) per transposed panel */
@@ -189,9 +190,9 @@ static void mm_fwd_run(void *p, int tid, int nth) {
                 ia_dequantize_row_fast(W->type, (const uint8_t *)W->data + (size_t)(o0 + r) * rs, Dq + (size_t)r * in, in);
             rows = Dq;
         }
-        if (j->bf16) {
+        if (j->a16) {
             tr_pack_bf16_t((uint32_t *)P, TR_MMF_COLS, rows, in, nr, in);
-            tr_gemm_bf16(j->N, nr, in, j->X, in, (const uint32_t *)P, TR_MMF_COLS, j->Y + o0, out, false);
+            tr_gemm_bf16(j->N, nr, in, j->a16, j->a16_ld, (const uint32_t *)P, TR_MMF_COLS, j->Y + o0, out, false);
         } else {
             tr_pack_t(P, TR_MMF_COLS, rows, in, nr, in);
             tr_gemm(j->N, nr, in, j->X, in, 1, P, TR_MMF_COLS, j->Y + o0, out, false);
@@ -199,11 +200,32 @@ static void mm_fwd_run(void *p, int tid, int nth) {
     }
 }
 
-void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws, bool bf16) {
+size_t tr_matmul_a16_count(int rows, int K) { return (size_t)rows * (size_t)((K + 1) & ~1); }
+
+typedef struct {
+    uint16_t *dst;
+    const float *src;
+    int K, ld;
+} a16_job;
+
+static void a16_body(void *p, int r0, int r1) {
+    const a16_job *j = p;
+    tr_bf16_rows(j->dst + (size_t)r0 * j->ld, j->ld, j->src + (size_t)r0 * j->K, j->K, r1 - r0, j->K);
+}
+
+/* rows x K f32 to bf16 rows of an even stride (returned), in parallel */
+static int to_a16(uint16_t *dst, const float *src, int rows, int K) {
+    a16_job j = {dst, src, K, (K + 1) & ~1};
+    tr_par_for(rows, PAR_WORK((double)rows * K * 8), a16_body, &j);
+    return j.ld;
+}
+
+void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws, uint16_t *a16) {
     if (!ws) {
         ia_matmul(Y, X, W->data, W->type, N, W->n_in, W->n_out);
     } else {
-        mmf_job j = {Y, X, W, N, (W->n_out + TR_MMF_UNIT - 1) / TR_MMF_UNIT, ws, bf16};
+        mmf_job j = {Y, X, W, N, (W->n_out + TR_MMF_UNIT - 1) / TR_MMF_UNIT, ws, a16, 0};
+        if (a16) j.a16_ld = to_a16(a16, X, N, W->n_in);
         int nth = tr_threads();
         if (nth > j.nunit) nth = j.nunit;
         if (!PAR_WORK((double)N * W->n_in * W->n_out)) nth = 1;
@@ -220,7 +242,8 @@ typedef struct {
     const ia_weight *W;
     int N, nblk, bs, unit;
     float *ws;
-    bool bf16;
+    const uint16_t *a16; /* dY in bf16 (row stride a16_ld), or NULL: f32 products */
+    int a16_ld;
 } mmdx_job;
 
 /* dX[t][i0:i1] += sum_o dY[t][o] W[o][i0:i1] for one thread's column range: tr_gemm sums over o in
@@ -233,7 +256,7 @@ static void mm_dx_run(void *p, int tid, int nth) {
     int i0 = b0 * j->unit, i1 = b1 * j->unit < in ? b1 * j->unit : in;
     if (i1 <= i0) return;
     const int width = i1 - i0;
-    if (W->type == IA_TYPE_F32 && !j->bf16) {
+    if (W->type == IA_TYPE_F32 && !j->a16) {
         tr_gemm(j->N, width, out, j->dY, out, 1, (const float *)W->data + i0, in, j->dX + i0, in, true);
         return;
     }
@@ -255,9 +278,9 @@ static void mm_dx_run(void *p, int tid, int nth) {
             rows = ws;
             ld = width;
         }
-        if (j->bf16) {
+        if (j->a16) {
             tr_pack_bf16_rows(pairs, width, rows, ld, nr, width);
-            tr_gemm_bf16(j->N, width, nr, j->dY + o0, out, pairs, width, j->dX + i0, in, true);
+            tr_gemm_bf16(j->N, width, nr, j->a16 + o0, j->a16_ld, pairs, width, j->dX + i0, in, true);
         } else {
             tr_gemm(j->N, width, nr, j->dY + o0, out, 1, rows, ld, j->dX + i0, in, true);
         }
@@ -265,7 +288,7 @@ static void mm_dx_run(void *p, int tid, int nth) {
 }
 
 void tr_matmul_backward(float *dX, float *dW, float *db, const float *dY, const float *X, const ia_weight *W,
-                        int N, float *ws, bool bf16) {
+                        int N, float *ws, uint16_t *a16) {
     const int in = W->n_in, out = W->n_out;
     if (dX) {
         /* the columns in block-aligned ranges (16 columns for f32: whole vectors), one per thread */
@@ -275,7 +298,8 @@ void tr_matmul_backward(float *dX, float *dW, float *db, const float *dY, const 
         int nth = tr_threads();
         if (nth > nblk) nth = nblk;
         if (!PAR_WORK((double)N * in * out)) nth = 1;
-        mmdx_job j = {dX, dY, W, N, nblk, bs, unit, ws, bf16};
+        mmdx_job j = {dX, dY, W, N, nblk, bs, unit, ws, a16, 0};
+        if (a16) j.a16_ld = to_a16(a16, dY, N, out);
         tr_par_run(nth, mm_dx_run, &j);
     }
     if (dW) /* dW[o][i] += sum_t dY[t][o] X[t][i] (A = dYᵀ), t in order */

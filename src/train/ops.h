@@ -38,16 +38,20 @@ void tr_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, 
 /* ---- matmul with a frozen or trainable weight of any supported type ---- */
 /* Y[t][o] = sum_i X[t][i] W[o][i] (+ b[o]). With ws (tr_matmul_ws_floats(W->n_in) floats): panels
  * of weight rows transposed, then tr_gemm (each element one chain over i, whatever the thread
- * split); ws NULL: ia_matmul, bit-identical to the inference pass. bf16 (with ws): X and
- * W rounded to bf16 and the panels multiplied by tr_gemm_bf16 instead. */
-void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws, bool bf16);
+ * split); ws NULL: ia_matmul, bit-identical to the inference pass. a16 (with ws; NULL: f32
+ * products): a scratch of tr_matmul_a16_count(N, W->n_in) bf16 values; X and W are rounded to bf16
+ * and the panels multiplied by tr_gemm_bf16 instead. */
+void tr_matmul_forward(float *Y, const float *X, const ia_weight *W, const float *b, int N, float *ws, uint16_t *a16);
 /* dX += dY·W (any type, dequantised on the fly, W never copied whole), dW += dYᵀ·X (dW f32 [out][in],
  * NULL for a frozen weight), db += column sums of dY (NULL if none). `ws` is a scratch of
  * tr_matmul_ws_floats(W) floats; allocation-free. dX: tr_gemm over the weight rows (a quantised
- * weight dequantised a panel of rows at a time), each element one chain over o in row order; bf16:
- * dY and blocks of weight rows rounded to bf16, tr_gemm_bf16 (dW and db stay f32). */
+ * weight dequantised a panel of rows at a time), each element one chain over o in row order; a16
+ * (tr_matmul_a16_count(N, W->n_out)): dY and blocks of weight rows rounded to bf16, tr_gemm_bf16 (dW
+ * and db stay f32). */
 void tr_matmul_backward(float *dX, float *dW, float *db, const float *dY, const float *X, const ia_weight *W,
-                        int N, float *ws, bool bf16);
+                        int N, float *ws, uint16_t *a16);
+/* bf16 values of the a16 scratch for `rows` rows of K (rows padded to an even length). */
+size_t tr_matmul_a16_count(int rows, int K);
 size_t tr_matmul_ws_floats(int n_in);
 
 /* ---- LoRA branch: Y += s * (drop(X)·Aᵀ)·Bᵀ, saving U = drop(X)·Aᵀ ---- */

@@ -275,10 +275,14 @@ int tr_model_init(tr_model *tm, const ia_model *base, const tr_model_opts *o, ia
     size_t CH = (size_t)tm->head_chunk;
     const size_t att_ws = tr_attention_ws_floats((int)N, (int)H, hp->n_head_kv, hp->head_dim);
     const size_t lora_ws = r ? tr_lora_ws_floats((int)N, (int)wmax, (int)wmax, (int)r) : 0;
+    /* bf16 products: the matmul's input (or output gradient) rounded to bf16, the widest of them */
+    size_t a16_n = tr_matmul_a16_count((int)N, (int)wmax);
+    if (tr_matmul_a16_count((int)CH, (int)V) > a16_n) a16_n = tr_matmul_a16_count((int)CH, (int)V);
+    const size_t a16_floats = o->bf16 ? (a16_n + 1) / 2 : 0;
     size_t total = (L + 1) * N * E + n_acts * per_layer + N * E + N + N * (E > F ? E : F) /* fo */
                    + N * E * 2 + N * Dq * 2 + N * KV * 2 + N * F * 3 + N * (r ? r : 1) + N * wmax + N * H
                    + tr_matmul_ws_floats((int)wmax) + att_ws + lora_ws + CH * E * 2 + CH * V + CH * 2
-                   + 64 * 32;
+                   + a16_floats + 64 * 32;
     tm->acts = ia_calloc(n_acts, sizeof *tm->acts);
     tm->act_mem = ia_malloc(mul_sz(total, sizeof(float)));
     tm->head_tgt = ia_malloc(CH * sizeof(int32_t));
@@ -326,6 +330,9 @@ int tr_model_init(tr_model *tm, const ia_model *base, const tr_model_opts *o, ia
     CARVE(tm->xd, N * wmax);
     CARVE(tm->delta, N * H);
     CARVE(tm->mm_ws, tr_matmul_ws_floats((int)wmax));
+    float *a16 = NULL;
+    CARVE(a16, a16_floats);
+    tm->a16 = o->bf16 ? (uint16_t *)a16 : NULL;
     CARVE(tm->att_ws, att_ws);
     CARVE(tm->lora_ws, lora_ws);
     CARVE(tm->head_x, CH * E);
@@ -413,7 +420,7 @@ static uint64_t dropout_key(const tr_model *tm, int l, int j) {
 }
 
 static void linear_forward(tr_model *tm, float *Y, float *U, const float *X, const tr_linear *ln, int N, int l, int j) {
-    tr_matmul_forward(Y, X, &ln->w, ln->b, N, tm->mm_ws, tm->o.bf16);
+    tr_matmul_forward(Y, X, &ln->w, ln->b, N, tm->mm_ws, tm->a16);
     if (ln->A) {
         tr_dropout dr = {tm->o.dropout, dropout_key(tm, l, j)};
         tr_lora_forward(Y, U, X, ln->A, ln->B, tm->scale, &dr, N, ln->w.n_in, ln->w.n_out, tm->o.rank, tm->xd,
@@ -423,7 +430,7 @@ static void linear_forward(tr_model *tm, float *Y, float *U, const float *X, con
 
 static void linear_backward(tr_model *tm, float *dX, const tr_linear *ln, const float *dY, const float *X,
                             const float *U, int N, int l, int j) {
-    tr_matmul_backward(dX, ln->dw, ln->db, dY, X, &ln->w, N, tm->mm_ws, tm->o.bf16);
+    tr_matmul_backward(dX, ln->dw, ln->db, dY, X, &ln->w, N, tm->mm_ws, tm->a16);
     if (ln->A) {
         tr_dropout dr = {tm->o.dropout, dropout_key(tm, l, j)};
         tr_lora_backward(dX, ln->dA, ln->dB, dY, X, ln->A, ln->B, U, tm->scale, &dr, N, ln->w.n_in, ln->w.n_out,
@@ -539,7 +546,7 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
             c++;
         }
         if (!c) break;
-        tr_matmul_forward(tm->logits, tm->head_x, &tm->output, NULL, c, tm->mm_ws, tm->o.bf16);
+        tr_matmul_forward(tm->logits, tm->head_x, &tm->output, NULL, c, tm->mm_ws, tm->a16);
         tr_crossentropy_forward(tm->loss, tm->logits, tm->head_tgt, c, V);
         for (int i = 0; i < c; i++) loss_sum += tm->loss[i];
         if (!backward) continue;
@@ -547,7 +554,7 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
         tr_crossentropy_softmax_backward(tm->logits, tm->dloss, tm->head_tgt, c, V);
         memset(tm->head_dx, 0, (size_t)c * E * sizeof(float));
         tr_matmul_backward(tm->head_dx, tm->d_output, NULL, tm->logits, tm->head_x, &tm->output, c, tm->mm_ws,
-                           tm->o.bf16);
+                           tm->a16);
         for (int i = 0; i < c; i++)
             memcpy(tm->dxn + (size_t)tm->head_idx[i] * E, tm->head_dx + (size_t)i * E, (size_t)E * sizeof(float));
     }
@@ -566,5 +573,5 @@ double tr_model_step(tr_model *tm, const tr_batch *b, float dloss_scale, bool ba
 void tr_model_logits(tr_model *tm, const tr_batch *b, float *logits) {
     check_batch(tm, b);
     forward_layers(tm, b);
-    tr_matmul_forward(logits, tm->xnf, &tm->output, NULL, b->N, tm->mm_ws, tm->o.bf16);
+    tr_matmul_forward(logits, tm->xnf, &tm->output, NULL, b->N, tm->mm_ws, tm->a16);
 }

@@ -122,6 +122,7 @@ typedef struct tr_model {
     float *xd;                     /* [N][max(E, F, Dq)] dropped-out LoRA input */
     float *delta;                  /* [N][H] */
     float *mm_ws;                  /* tr_matmul_ws_floats(max(E, F, Dq)): matmul forward and backward */
+    uint16_t *a16;                 /* bf16 products: a matmul's input or output gradient in bf16; else NULL */
     float *att_ws;                 /* tr_attention_ws_floats(N, H, Hkv, D) */
     float *lora_ws;                /* tr_lora_ws_floats(N, max(E, F, Dq), .., r) (LoRA only) */
     int head_chunk;                /* loss tokens whose logits exist at once (tr_head_chunk) */
