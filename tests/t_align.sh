@@ -116,16 +116,16 @@ out=$($BIN status --run "$T/notarun" 2>&1); rc=$?
 [ $rc -ne 0 ] && grep -q "no run here" <<<"$out" && ok "status on a folder without a run: clear message" || nok "status without a run" "$out"
 
 # An unreachable teacher stops the run with a clear message; the run stays resumable.
-out=$($BIN align --run "$T/unreach" "${base[@]}" --redteam data/demo/train.jsonl --max-prompts 10 --heldout data/demo/heldout.jsonl \
+out=$($BIN align --run "$T/deep/er/unreach" "${base[@]}" --redteam data/demo/train.jsonl --max-prompts 10 --heldout data/demo/heldout.jsonl \
       --max-heldout 4 --teacher http://127.0.0.1:9/v1 --teacher-model judge-x --teacher-retries 0 2>&1); rc=$?
-if [ $rc -ne 0 ] && grep -q "unreachable" <<<"$out" && [ -s "$T/unreach/run.db" ]; then ok "unreachable teacher: clear message"
+if [ $rc -ne 0 ] && grep -q "unreachable" <<<"$out" && [ -s "$T/deep/er/unreach/run.db" ]; then ok "unreachable teacher: clear message (the run folder made with its parents)"
 else nok "unreachable teacher: clear message" "rc=$rc $out"; fi
-sent=$(sqlite3 "$T/unreach/run.db" "SELECT count(*) FROM teacher_calls" 2>/dev/null)
-out=$($BIN align --run "$T/unreach" --teacher local:data/models/stories260K.gguf 2>&1); rc=$?
-if [ $rc -eq 0 ] && [ "$sent" = "0" ] && grep -q "state: done" <<<"$($BIN status --run "$T/unreach")"; then
+sent=$(sqlite3 "$T/deep/er/unreach/run.db" "SELECT count(*) FROM teacher_calls" 2>/dev/null)
+out=$($BIN align --run "$T/deep/er/unreach" --teacher local:data/models/stories260K.gguf 2>&1); rc=$?
+if [ $rc -eq 0 ] && [ "$sent" = "0" ] && grep -q "state: done" <<<"$($BIN status --run "$T/deep/er/unreach")"; then
   ok "the same run resumes with a reachable (local, in-process) teacher"
 else nok "resume with a reachable teacher" "rc=$rc sent=$sent $out"; fi
-lc=$(sqlite3 "$T/unreach/run.db" "SELECT count(*) FROM teacher_calls WHERE endpoint LIKE 'local:%'")
+lc=$(sqlite3 "$T/deep/er/unreach/run.db" "SELECT count(*) FROM teacher_calls WHERE endpoint LIKE 'local:%'")
 [ "${lc:-0}" -gt 0 ] && ok "local teacher calls recorded in the store ($lc)" || nok "local teacher calls recorded"
 
 # ---- CSV (named column, quoted newlines) and text input; hh presentation ----

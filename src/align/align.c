@@ -269,8 +269,27 @@ static int lock_dir(run *R, ia_error *err) {
     return IA_OK;
 }
 
+/* mkdir -p for the run folder's parents (a user's --run runs/today/a expects them made) */
+static int make_parents(const char *dir, ia_error *err) {
+    char *p = ia_strdup(dir);
+    if (!p) return ia_error_set(err, IA_ERR_NOMEM, "out of memory");
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            ia_error_set(err, IA_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
+            ia_free(p);
+            return IA_ERR_IO;
+        }
+        *s = '/';
+    }
+    ia_free(p);
+    return IA_OK;
+}
+
 static int make_dirs(const char *dir, ia_error *err) {
     const char *sub[] = {"", "adapters", "train", NULL};
+    if (make_parents(dir, err) != IA_OK) return IA_ERR_IO;
     for (int i = 0; sub[i]; i++) {
         char *p = sub[i][0] ? path_join(dir, sub[i]) : ia_strdup(dir);
         int rc = mkdir(p, 0755);
