@@ -563,6 +563,19 @@ TB static void pack_bf16_rows_avx512(uint32_t *P, int ldp, const float *W, ptrdi
 
 /* ==== dispatch ================================================================================ */
 
+/* The kernel when `ok` (and the build has it), else the reference. */
+#ifdef TR_AVX512
+#define TR_DISPATCH(ok, fast, ref, ...)                                                                   \
+    do {                                                                                                   \
+        if (ok) fast(__VA_ARGS__);                                                                         \
+        else ref(__VA_ARGS__);                                                                             \
+    } while (0)
+#define TR_DISPATCH_RET(ok, fast, ref, ...) return (ok) ? fast(__VA_ARGS__) : ref(__VA_ARGS__)
+#else
+#define TR_DISPATCH(ok, fast, ref, ...) ref(__VA_ARGS__)
+#define TR_DISPATCH_RET(ok, fast, ref, ...) return ref(__VA_ARGS__)
+#endif
+
 bool tr_kern_avx512(void) {
 #ifdef TR_AVX512
     /* the tensor kernels' family: "avx512" only where the CPU has AVX-512 F/BW/VL/DQ */
@@ -575,13 +588,7 @@ bool tr_kern_avx512(void) {
 
 void tr_gemm(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb,
              float *C, ptrdiff_t ldc, bool acc) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) {
-        gemm_avx512(M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
-        return;
-    }
-#endif
-    tr_gemm_ref(M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
+    TR_DISPATCH(tr_kern_avx512(), gemm_avx512, tr_gemm_ref, M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
 }
 
 bool tr_kern_bf16(void) {
@@ -593,106 +600,46 @@ bool tr_kern_bf16(void) {
 }
 
 void tr_bf16_rows(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
-#ifdef TR_AVX512
-    if (tr_kern_bf16()) {
-        bf16_rows_avx512(dst, ldd, src, lds, rows, K);
-        return;
-    }
-#endif
-    tr_bf16_rows_ref(dst, ldd, src, lds, rows, K);
+    TR_DISPATCH(tr_kern_bf16(), bf16_rows_avx512, tr_bf16_rows_ref, dst, ldd, src, lds, rows, K);
 }
 
 void tr_gemm_bf16(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
                   ptrdiff_t ldc, bool acc) {
-#ifdef TR_AVX512
-    if (tr_kern_bf16()) {
-        gemm_bf16_avx512(M, N, K, A, lda, B, ldb, C, ldc, acc);
-        return;
-    }
-#endif
-    tr_gemm_bf16_ref(M, N, K, A, lda, B, ldb, C, ldc, acc);
+    TR_DISPATCH(tr_kern_bf16(), gemm_bf16_avx512, tr_gemm_bf16_ref, M, N, K, A, lda, B, ldb, C, ldc, acc);
 }
 
 void tr_pack_bf16_t(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
-#ifdef TR_AVX512
-    if (tr_kern_bf16()) {
-        pack_bf16_t_avx512(P, ldp, W, ldw, rows, K);
-        return;
-    }
-#endif
-    tr_pack_bf16_t_ref(P, ldp, W, ldw, rows, K);
+    TR_DISPATCH(tr_kern_bf16(), pack_bf16_t_avx512, tr_pack_bf16_t_ref, P, ldp, W, ldw, rows, K);
 }
 
 void tr_pack_bf16_rows(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width) {
-#ifdef TR_AVX512
-    if (tr_kern_bf16()) {
-        pack_bf16_rows_avx512(P, ldp, W, ldw, rows, width);
-        return;
-    }
-#endif
-    tr_pack_bf16_rows_ref(P, ldp, W, ldw, rows, width);
+    TR_DISPATCH(tr_kern_bf16(), pack_bf16_rows_avx512, tr_pack_bf16_rows_ref, P, ldp, W, ldw, rows, width);
 }
 
 float tr_softmax_row(float *s, int nv, int nk, float scale, float *mx_scaled) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) return softmax_row_avx512(s, nv, nk, scale, mx_scaled);
-#endif
-    return tr_softmax_row_ref(s, nv, nk, scale, mx_scaled);
+    TR_DISPATCH_RET(tr_kern_avx512(), softmax_row_avx512, tr_softmax_row_ref, s, nv, nk, scale, mx_scaled);
 }
 
 void tr_attn_bwd_row(float *s, float *dp, int nv, int nk, float scale, float lse, float delta) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) {
-        attn_bwd_row_avx512(s, dp, nv, nk, scale, lse, delta);
-        return;
-    }
-#endif
-    tr_attn_bwd_row_ref(s, dp, nv, nk, scale, lse, delta);
+    TR_DISPATCH(tr_kern_avx512(), attn_bwd_row_avx512, tr_attn_bwd_row_ref, s, dp, nv, nk, scale, lse, delta);
 }
 
 double tr_sum_exp(const float *x, int n, float mx) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) return sum_exp_avx512(x, n, mx);
-#endif
-    return tr_sum_exp_ref(x, n, mx);
+    TR_DISPATCH_RET(tr_kern_avx512(), sum_exp_avx512, tr_sum_exp_ref, x, n, mx);
 }
 
 void tr_scaled_exp(float *out, const float *x, int n, float sub, float g) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) {
-        scaled_exp_avx512(out, x, n, sub, g);
-        return;
-    }
-#endif
-    tr_scaled_exp_ref(out, x, n, sub, g);
+    TR_DISPATCH(tr_kern_avx512(), scaled_exp_avx512, tr_scaled_exp_ref, out, x, n, sub, g);
 }
 
 void tr_swiglu_fwd(float *h, const float *g, const float *u, size_t n) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) {
-        swiglu_fwd_avx512(h, g, u, n);
-        return;
-    }
-#endif
-    tr_swiglu_fwd_ref(h, g, u, n);
+    TR_DISPATCH(tr_kern_avx512(), swiglu_fwd_avx512, tr_swiglu_fwd_ref, h, g, u, n);
 }
 
 void tr_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) {
-        swiglu_bwd_avx512(dg, du, dh, g, u, n);
-        return;
-    }
-#endif
-    tr_swiglu_bwd_ref(dg, du, dh, g, u, n);
+    TR_DISPATCH(tr_kern_avx512(), swiglu_bwd_avx512, tr_swiglu_bwd_ref, dg, du, dh, g, u, n);
 }
 
 void tr_pack_t(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
-#ifdef TR_AVX512
-    if (tr_kern_avx512()) {
-        pack_t_avx512(P, ldp, W, ldw, rows, K);
-        return;
-    }
-#endif
-    tr_pack_t_ref(P, ldp, W, ldw, rows, K);
+    TR_DISPATCH(tr_kern_avx512(), pack_t_avx512, tr_pack_t_ref, P, ldp, W, ldw, rows, K);
 }
