@@ -724,31 +724,43 @@ static void test_matmul_batch_invariance(void **state) {
     }
 }
 
-/* 1, 2 and 3 threads give the same bits (the shapes are big enough for the parallel path). */
+/* 1, 2 and 3 threads give the same bits (the shapes are big enough for the parallel path), for
+ * batches and for the decode sizes (1 and 2 tokens: the fused and row-stream paths), alone and as
+ * three matrices of one ia_matmul_exact_multi call (work runs that cross matrices). */
 static void test_matmul_thread_invariance(void **state) {
     (void)state;
     ia_rng r;
     ia_rng_seed(&r, 24);
     const int saved = ia_get_threads();
-    const int n_in = 1536, n_out = 83, n_tok = 5;
+    const int n_in = 1536, n_out = 203;
     for (int ti = 0; ti < N_TYPES; ti++) {
         const uint32_t type = all_types[ti];
         uint8_t *W = make_weights(&r, type, n_in, n_out, false);
-        float *X = make_acts(&r, n_tok, n_in, false);
-        const size_t ny = (size_t)n_tok * n_out;
-        float *Y1 = xmalloc(ny * 4), *Y2 = xmalloc(ny * 4);
+        float *X = make_acts(&r, 5, n_in, false);
+        const size_t ny = (size_t)5 * n_out;
+        float *Y1 = xmalloc(ny * 4), *Y2 = xmalloc(ny * 4), *Ym[3] = {xmalloc(ny * 4), xmalloc(ny * 4), xmalloc(ny * 4)};
         for (int k = 0; k < N_KERNELS; k++) {
             if (!ia_kernel_force(kernels[k])) continue;
-            ia_set_threads(1);
-            ia_matmul(Y1, X, W, type, n_tok, n_in, n_out);
-            for (int nt = 2; nt <= 3; nt++) {
-                ia_set_threads(nt);
-                ia_matmul(Y2, X, W, type, n_tok, n_in, n_out);
-                if (memcmp(Y1, Y2, ny * 4) != 0) fail_msg("%s %s: 1 vs %d threads differ", kernels[k], ia_type_name(type), nt);
+            for (int n_tok = 1; n_tok <= 5; n_tok += n_tok == 2 ? 3 : 1) {
+                const size_t nb = (size_t)n_tok * n_out * 4;
+                ia_set_threads(1);
+                ia_matmul(Y1, X, W, type, n_tok, n_in, n_out);
+                for (int nt = 2; nt <= 3; nt++) {
+                    ia_set_threads(nt);
+                    ia_matmul(Y2, X, W, type, n_tok, n_in, n_out);
+                    if (memcmp(Y1, Y2, nb) != 0)
+                        fail_msg("%s %s, %d tokens: 1 vs %d threads differ", kernels[k], ia_type_name(type), n_tok, nt);
+                    const ia_mm_task tk[3] = {{Ym[0], W, type, n_out}, {Ym[1], W, type, n_out}, {Ym[2], W, type, n_out}};
+                    ia_matmul_exact_multi(X, n_tok, n_in, tk, 3);
+                    for (int i = 0; i < 3; i++)
+                        if (memcmp(Y1, Ym[i], nb) != 0)
+                            fail_msg("%s %s, %d tokens, %d threads: multi matrix %d differs", kernels[k], ia_type_name(type),
+                                     n_tok, nt, i);
+                }
             }
         }
         ia_kernel_force(NULL);
-        free(W); free(X); free(Y1); free(Y2);
+        free(W); free(X); free(Y1); free(Y2); free(Ym[0]); free(Ym[1]); free(Ym[2]);
     }
     ia_set_threads(saved);
 }

@@ -414,6 +414,6 @@ T256 static void dot_fused_avx2(uint32_t type, const uint8_t *const *rows, int64
     }
 }
 
-const ia_mm_kernel ia_mm_kernel_avx2 = {"avx2", dequant_avx2, dot_avx2, dot_fused_avx2, dequant_rows_avx2};
+const ia_mm_kernel ia_mm_kernel_avx2 = {"avx2", dequant_avx2, dot_avx2, dot_fused_avx2, dequant_rows_avx2, NULL};
 
 #endif /* __x86_64__ */

@@ -432,7 +432,34 @@ T512 static void dot_fused_avx512(uint32_t type, const uint8_t *const *rows, int
     }
 }
 
+/* Each (t, r) gets dot_avx512's operations: per chunk one accumulator, FMAs in k order, the masked
+ * tail last, hsum512, then Y = s or Y + s. */
+T512 static void dot_rows_f32_avx512(const float *W, int n_in, int o0, int o1, const float *X, int64_t ldx,
+                                     int n_tok, float *Y, int64_t ldy) {
+    for (int o = o0; o < o1; o++) {
+        const float *w = W + (size_t)o * n_in;
+        for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
+            const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK, nv = len & ~15;
+            const __mmask16 tail = (__mmask16)((1u << (len - nv)) - 1u);
+            const float *x0 = X + k0, *x1 = X + ldx + k0, *wk = w + k0;
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            for (int k = 0; k < nv; k += 16) {
+                const __m512 wv = _mm512_loadu_ps(wk + k);
+                a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + k), a0);
+                if (n_tok == 2) a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + k), a1);
+            }
+            if (tail) {
+                const __m512 wv = _mm512_maskz_loadu_ps(tail, wk + nv);
+                a0 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail, x0 + nv), a0);
+                if (n_tok == 2) a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail, x1 + nv), a1);
+            }
+            store_sum(Y + o, a0, k0 > 0);
+            if (n_tok == 2) store_sum(Y + ldy + o, a1, k0 > 0);
+        }
+    }
+}
+
 const ia_mm_kernel ia_mm_kernel_avx512 = {"avx512", dequant_avx512, dot_avx512, dot_fused_avx512,
-                                           dequant_rows_avx512};
+                                           dequant_rows_avx512, dot_rows_f32_avx512};
 
 #endif /* __x86_64__ */
