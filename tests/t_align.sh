@@ -109,6 +109,7 @@ bad "unknown preset" "unknown preset" "${base[@]}" --redteam data/demo/train.jso
 bad "teacher that is not a URL" "expected http(s)://" "${base[@]}" --redteam data/demo/train.jsonl --teacher ftp://x --teacher-model m
 bad "local teacher that is not a model" "not a GGUF file" "${base[@]}" --redteam data/demo/train.jsonl --teacher local:data/demo/rules.json
 bad "unknown evaluation task" "--eval" "${base[@]}" --redteam data/demo/train.jsonl --eval truthfulqa_mc9
+bad "unknown training precision" "is not one of f32, bf16" "${base[@]}" --redteam data/demo/train.jsonl --train-compute fp8
 mkdir -p "$T/notarun"; echo hello > "$T/notarun/file.txt"
 out=$($BIN align --run "$T/notarun" "${base[@]}" --redteam data/demo/train.jsonl 2>&1); rc=$?
 [ $rc -ne 0 ] && grep -q "not empty" <<<"$out" && [ ! -e "$T/notarun/run.db" ] && ok "a non-empty folder that is not a run is refused" || nok "non-empty folder refused" "$out"

@@ -1338,6 +1338,7 @@ static int stage_train(run *R, int b, ia_error *err) {
         o.warmup_ratio = R->cfg.warmup;
         o.schedule = !strcmp(R->cfg.schedule, "constant") ? IA_LR_CONSTANT : !strcmp(R->cfg.schedule, "linear") ? IA_LR_LINEAR : IA_LR_COSINE;
         o.max_len = R->cfg.max_len;
+        o.bf16 = !strcmp(R->cfg.train_compute, "bf16");
         o.seed = mix_seed(R->cfg.seed, 4, b);
         /* the data is in the form the model was prompted with: through its template in chat mode,
            else the presented prompt and the completion as plain text (never the model's template) */

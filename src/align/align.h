@@ -86,6 +86,7 @@ typedef struct ia_align_config {
     int epochs, train_batch, grad_accum, max_len;
     float lr, weight_decay, warmup;
     char *schedule;         /* constant | linear | cosine */
+    char *train_compute;    /* f32 | bf16: the base-weight products of training (ia_train_opts.bf16) */
     /* measurement */
     bool measure;           /* measure the held-out violation rate before and after */
     int measure_samples;    /* samples per held-out prompt */

@@ -74,6 +74,7 @@ static const ia_cfg_field FIELDS[] = {
     F(weight_decay, FLOAT, true, "AdamW weight decay"),
     F(warmup, FLOAT, true, "warm-up share of the steps"),
     F(schedule, STR, true, "learning-rate schedule: constant, linear, cosine"),
+    F(train_compute, STR, true, "products with the base weights in training: f32, or bf16 (~1.5x faster with AVX512_BF16)"),
     F(measure, BOOL, true, "measure the judged violation rate on the held-out prompts before and after"),
     F(measure_samples, INT, true, "samples per held-out prompt in that measurement"),
     F(measure_fluency, BOOL, true, "also measure the base model's log-likelihood of those answers (degeneration check)"),
@@ -171,6 +172,7 @@ void ia_align_config_defaults(ia_align_config *c) {
     c->weight_decay = 0;
     c->warmup = 0.03f;
     set_str(&c->schedule, "cosine");
+    set_str(&c->train_compute, "f32");
     c->measure = true;
     c->measure_samples = 1;
     c->measure_fluency = true;
@@ -396,6 +398,7 @@ int ia_align_config_validate(const ia_align_config *c, ia_error *err) {
         {"train_method", {"lora", "full", "none", NULL}},
         {"train_data", {"batch", "all", NULL}},
         {"schedule", {"constant", "linear", "cosine", NULL}},
+        {"train_compute", {"f32", "bf16", NULL}},
     };
     for (size_t i = 0; i < sizeof enums / sizeof enums[0]; i++) {
         const ia_cfg_field *f = ia_align_config_field(enums[i].name);
