@@ -7,13 +7,13 @@
 # Step: BATCH examples of SEQ tokens (every token but the first few carries loss), LoRA rank 8,
 # alpha 16 on all seven matrices, AdamW, clipping. tokens/s is the median of the steps after the
 # first; peak memory is the process's maximum resident set (the mapped f32 weights included, for
-# both). Where the CPU has AVX512_BF16, iteralign runs a second time with --compute bf16. Environment: BENCH_TRAIN_STEPS (4), BENCH_TRAIN_BATCH (2), BENCH_TRAIN_SEQ (256),
+# both). Where the CPU has AVX512_BF16, iteralign runs a second time with --compute bf16. Environment: BENCH_TRAIN_STEPS (6), BENCH_TRAIN_BATCH (2), BENCH_TRAIN_SEQ (256),
 # BENCH_THREADS (all cores), LLAMA_FINETUNE (a llama-finetune-lora binary: measured on the same model).
 # Writes bench/results/train.txt. Run from the repository root.
 set -u
 BIN=${BIN:-./iteralign}
 PY=${PYTHON:-/usr/bin/python3}
-STEPS=${BENCH_TRAIN_STEPS:-4}
+STEPS=${BENCH_TRAIN_STEPS:-6}
 BATCH=${BENCH_TRAIN_BATCH:-2}
 SEQ=${BENCH_TRAIN_SEQ:-256}
 THREADS=${BENCH_THREADS:-$(nproc)}
