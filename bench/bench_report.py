@@ -50,9 +50,12 @@ def main():
     recs = load(sys.argv[1])
     machine = next((r for r in recs if r.get("tool") == "machine"), {})
     ours = {label_of(r["model"]): r for r in recs if r.get("tool") == "iteralign" and "model" in r}
-    bw = next((r["bw_gbs"] for r in recs if r.get("tool") == "iteralign" and r.get("bw_gbs")), None)
-    bw1 = next((r["bw1_gbs"] for r in recs if r.get("tool") == "iteralign" and r.get("bw1_gbs")), None)
-    bwn = next((r["bwn_gbs"] for r in recs if r.get("tool") == "iteralign" and r.get("bwn_gbs")), bw)
+    def med(key):
+        """median of a bandwidth figure over every model's run (None if never measured)"""
+        v = sorted(r[key] for r in recs if r.get("tool") == "iteralign" and r.get(key))
+        return (v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])) if v else None
+    bw, bw1 = med("bw_gbs"), med("bw1_gbs")
+    bwn = med("bwn_gbs") or bw
     peers_absent = [r for r in recs if r.get("tool") == "llama.cpp" and r.get("absent")]
     peer = [r for r in recs if r.get("tool") == "llama.cpp" and not r.get("absent") and r.get("model")]
 
@@ -75,7 +78,9 @@ def main():
              f"OMP_WAIT_POLICY={machine.get('omp_wait_policy', '?')} (llama.cpp: best of its default and passive), "
              f"load average at the start {machine.get('loadavg', '?')}; CPU flags: {machine.get('flags', '').strip()}.")
     L.append("")
-    L.append(f"Read bandwidth: {fmt(bwn)} GB/s ({machine.get('threads', '?')} threads), {fmt(bw1)} GB/s (1 thread); "
+    nbw = sum(1 for r in recs if r.get("tool") == "iteralign" and r.get("bw_gbs"))
+    L.append(f"Read bandwidth (median of the {nbw} probes run beside the models): {fmt(bwn)} GB/s "
+             f"({machine.get('threads', '?')} threads), {fmt(bw1)} GB/s (1 thread); "
              f"the decode limit uses the better, **{fmt(bw)} GB/s**: limit = bandwidth / bytes of weights read per token.")
     if peers_absent:
         L.append("")
