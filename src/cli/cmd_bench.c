@@ -837,8 +837,8 @@ int cmd_bench(int argc, char **argv) {
     /* another process taking a core shows here: the pool then ran single-threaded for a while */
     json_object_set_new(R.root, "contention_events", json_integer(ia_pool_contention_events()));
     if (ia_pool_contention_events())
-        printf("  note: %d times another process held a core (the pool ran on one thread for a second "
-               "each time)\n", ia_pool_contention_events());
+        printf("  note: %d times another process held a core (the pool ran on one thread for a quarter "
+               "of a second each time)\n", ia_pool_contention_events());
     json_object_set_new(R.root, "ok", json_boolean(R.all_ok));
     if (!R.all_ok) {
         fprintf(stderr, "iteralign bench: a correctness check FAILED (see above)\n");

@@ -48,7 +48,9 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Set while another process seems to share our cores: spinning is then switched off for a second.
+/* Set while another process seems to share our cores: spinning is then switched off for a quarter
+ * of a second (a second made one passing blip cost a whole second at half speed; persistent
+ * contention re-arms it as often as it needs, measured the same either way).
  * A spinning thread stays runnable, so when its core is shared it waits out the other process's time
  * slice instead of being woken at once with a sleeper's priority (measured with one busy process on
  * the other core: decode at 12-70 tokens/s spinning against 150 sleeping). Seen as a gap of over
@@ -79,7 +81,7 @@ static bool spin_until_changed(const void *a, unsigned v, bool is_int) {
         if (CHANGED()) return true;
         const int64_t t1 = now_us();
         if (t1 - t > 200) { /* preempted while spinning: the cores are shared */
-            atomic_store_explicit(&nospin_until_us, t1 + 1000000, memory_order_relaxed);
+            atomic_store_explicit(&nospin_until_us, t1 + 250000, memory_order_relaxed);
             atomic_fetch_add_explicit(&contention_events, 1, memory_order_relaxed);
             return false;
         }

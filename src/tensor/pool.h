@@ -17,7 +17,7 @@ int ia_pool_threads(void);
 /* Worker threads started so far (for the benchmark's thread count). */
 int ia_pool_workers_started(void);
 /* Times a spinning thread found itself preempted (another process shares the cores): each switches
- * spinning off and jobs to one thread for a second. */
+ * spinning off and jobs to one thread for a quarter of a second. */
 int ia_pool_contention_events(void);
 
 /* Guided self-scheduling over `total` work items counted by *next: claims [*b0, *b1), a 1/(2 nth)
