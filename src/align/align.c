@@ -1339,6 +1339,9 @@ static int stage_train(run *R, int b, ia_error *err) {
         o.schedule = !strcmp(R->cfg.schedule, "constant") ? IA_LR_CONSTANT : !strcmp(R->cfg.schedule, "linear") ? IA_LR_LINEAR : IA_LR_COSINE;
         o.max_len = R->cfg.max_len;
         o.bf16 = !strcmp(R->cfg.train_compute, "bf16");
+        if (o.bf16 && !ia_cpu_has_bf16_dot() && round == 1)
+            logf_(R, "note: this CPU has no AVX512_BF16: --train-compute bf16 runs on the reference kernel "
+                     "(the same numbers, many times slower than f32)");
         o.seed = mix_seed(R->cfg.seed, 4, b);
         /* the data is in the form the model was prompted with: through its template in chat mode,
            else the presented prompt and the completion as plain text (never the model's template) */
