@@ -234,6 +234,24 @@ TR_CLONES void tr_add(float *restrict y, const float *restrict x, int n) {
 #define G_NV 4
 #define G_KB TR_GEMM_KB
 
+/* the first l lanes (none for l <= 0, all for l >= 16) */
+static inline __mmask16 tail_mask(int l) {
+    return l >= 16 ? (__mmask16)0xFFFF : l > 0 ? (__mmask16)((1u << l) - 1) : (__mmask16)0;
+}
+
+/* C (+)= the tile's sums, the lanes of mk only (both GEMM tiles end so) */
+T512 static INLINE void tile_store(__m512 (*c)[G_NV], const int mr, const int nv, float *C, ptrdiff_t ldc,
+                                   const __mmask16 *mk, bool acc) {
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __m512 r = c[m][v];
+            if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], C + m * ldc + 16 * v), r);
+            _mm512_mask_storeu_ps(C + m * ldc + 16 * v, mk[v], r);
+        }
+}
+
 T512 static INLINE void gemm_tile(const int mr, const int nv, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs,
                                   const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk,
                                   bool acc) {
@@ -255,14 +273,7 @@ T512 static INLINE void gemm_tile(const int mr, const int nv, int K, const float
             for (int v = 0; v < nv; v++) c[m][v] = _mm512_fmadd_ps(a, b[v], c[m][v]);
         }
     }
-#pragma GCC unroll 6
-    for (int m = 0; m < mr; m++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) {
-            __m512 r = c[m][v];
-            if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], C + m * ldc + 16 * v), r);
-            _mm512_mask_storeu_ps(C + m * ldc + 16 * v, mk[v], r);
-        }
+    tile_store(c, mr, nv, C, ldc, mk, acc);
 }
 
 #define TILE_CASE(MR_, NV_)                                                                                \
@@ -294,10 +305,7 @@ T512 static void gemm_avx512(int M, int N, int K, const float *A, ptrdiff_t ars,
             const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV;
             const int nv = (w + 15) / 16;
             __mmask16 mk[G_NV];
-            for (int v = 0; v < G_NV; v++) {
-                int l = w - 16 * v;
-                mk[v] = l >= 16 ? (__mmask16)0xFFFF : l > 0 ? (__mmask16)((1u << l) - 1) : (__mmask16)0;
-            }
+            for (int v = 0; v < G_NV; v++) mk[v] = tail_mask(w - 16 * v);
             const float *Bp = B + k0 * ldb + n0;
             const float *Ap = A + k0 * acs;
             int m0 = 0;
@@ -310,7 +318,6 @@ T512 static void gemm_avx512(int M, int N, int K, const float *A, ptrdiff_t ars,
 }
 
 
-static inline __mmask16 tail_mask(int l) { return l >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << l) - 1); }
 
 T512 static float softmax_row_avx512(float *s, int nv, int nk, float scale, float *mx_scaled) {
     __m512 mxv = _mm512_set1_ps(-INFINITY);
@@ -441,11 +448,9 @@ T512 static void pack_t_avx512(float *P, int ldp, const float *W, ptrdiff_t ldw,
 #define TB __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
 
 /* 32 floats to 16 bf16 pairs in order (cvtne2ps puts its second operand in the low half) */
-TB static INLINE __m512i cvt_pairs32(const float *x, __mmask16 m0, __mmask16 m1) {
-    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + 16), _mm512_maskz_loadu_ps(m0, x));
+TB static INLINE __m512i cvt_pairs32(const float *x) {
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
 }
-
-TB static INLINE __mmask16 mask_n(int l) { return l >= 16 ? (__mmask16)0xFFFF : l > 0 ? (__mmask16)((1u << l) - 1) : 0; }
 
 TB static INLINE void gemm_bf16_tile(const int mr, const int nv, int np, const uint16_t *A, ptrdiff_t lda,
                                      const uint32_t *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __mmask16 *mk,
@@ -469,14 +474,7 @@ TB static INLINE void gemm_bf16_tile(const int mr, const int nv, int np, const u
             for (int v = 0; v < nv; v++) c[m][v] = _mm512_dpbf16_ps(c[m][v], (__m512bh)a, (__m512bh)b[v]);
         }
     }
-#pragma GCC unroll 6
-    for (int m = 0; m < mr; m++)
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) {
-            __m512 r = c[m][v];
-            if (acc) r = _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], C + m * ldc + 16 * v), r);
-            _mm512_mask_storeu_ps(C + m * ldc + 16 * v, mk[v], r);
-        }
+    tile_store(c, mr, nv, C, ldc, mk, acc);
 }
 
 #define BTILE_CASE(MR_, NV_)                                                                               \
@@ -509,7 +507,7 @@ TB static void gemm_bf16_avx512(int M, int N, int K, const uint16_t *A, ptrdiff_
         for (int n0 = 0; n0 < N; n0 += 16 * G_NV) {
             const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV, nv = (w + 15) / 16;
             __mmask16 mk[G_NV];
-            for (int v = 0; v < G_NV; v++) mk[v] = mask_n(w - 16 * v);
+            for (int v = 0; v < G_NV; v++) mk[v] = tail_mask(w - 16 * v);
             const uint32_t *Bp = B + (k0 / 2) * ldb + n0;
             int m0 = 0;
             for (; m0 + G_MR <= M; m0 += G_MR)
@@ -523,7 +521,7 @@ TB static void gemm_bf16_avx512(int M, int N, int K, const uint16_t *A, ptrdiff_
 TB static void bf16_rows_avx512(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
     for (int r = 0; r < rows; r++) {
         for (int k = 0; k < K; k += 16) {
-            const __mmask16 m = mask_n(K - k);
+            const __mmask16 m = tail_mask(K - k);
             _mm256_mask_storeu_epi16(dst + r * ldd + k, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + r * lds + k)));
         }
         if (K % 2) dst[r * ldd + K] = 0;
@@ -537,7 +535,7 @@ TB static void pack_bf16_t_avx512(uint32_t *P, int ldp, const float *W, ptrdiff_
         for (int p0 = 0; p0 < p16; p0 += 16) {
             __m512 r[16];
 #pragma GCC unroll 16
-            for (int i = 0; i < 16; i++) r[i] = (__m512)cvt_pairs32(W + (r0 + i) * ldw + 2 * p0, 0xFFFF, 0xFFFF);
+            for (int i = 0; i < 16; i++) r[i] = (__m512)cvt_pairs32(W + (r0 + i) * ldw + 2 * p0);
             transpose16_store((float *)P, ldp, r0, p0, r); /* 32-bit lanes moved, not computed on */
         }
     for (int r = 0; r < rows; r++) {
@@ -552,7 +550,7 @@ TB static void pack_bf16_rows_avx512(uint32_t *P, int ldp, const float *W, ptrdi
         const float *lo = W + 2 * p * ldw, *hi = lo + ldw;
         const bool last = 2 * p + 1 == rows; /* odd rows: the high halves are zero */
         for (int n = 0; n < width; n += 16) {
-            const __mmask16 m = mask_n(width - n);
+            const __mmask16 m = tail_mask(width - n);
             const __m512i a = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, lo + n)));
             const __m512i b = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(last ? 0 : m, hi + n)));
             _mm512_mask_storeu_epi32(P + (size_t)p * ldp + n, m, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
