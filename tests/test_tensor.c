@@ -522,7 +522,7 @@ static void random_blocks(ia_rng *r, uint32_t type, uint8_t *q, int n) {
 
 static void test_fast_dequant_matches(void **state) {
     (void)state;
-    enum { N = 2048 + 512 + 256 }; /* several IA_MM_CHUNK pieces plus a partial one */
+    enum { N = 2048 + 512 + 256 }; /* two IA_MM_CHUNK pieces plus a partial one */
     uint8_t *q = xmalloc(N * 4);
     float *y = xmalloc(N * 4);
     ia_rng r;
@@ -596,7 +596,7 @@ static const mm_case mm_cases[] = {
     /* n_in a multiple of the block size (and of IA_MM_CHUNK or not), n_out around the 8-row blocking */
     {IA_TYPE_F32, 1, 1, 1},       {IA_TYPE_F32, 7, 9, 3},       {IA_TYPE_F32, 33, 17, 67},
     {IA_TYPE_F32, 517, 13, 5},    {IA_TYPE_F32, 1029, 8, 2},    {IA_TYPE_F16, 15, 7, 4},
-    {IA_TYPE_F16, 520, 11, 9},    {IA_TYPE_F16, 1536, 19, 2},   {IA_TYPE_BF16, 3, 5, 1},
+    {IA_TYPE_F16, 1045, 11, 9},   {IA_TYPE_F16, 1536, 19, 2},   {IA_TYPE_BF16, 3, 5, 1},
     {IA_TYPE_BF16, 777, 23, 6},   {IA_TYPE_Q8_0, 32, 1, 1},     {IA_TYPE_Q8_0, 96, 15, 67},
     {IA_TYPE_Q8_0, 576, 31, 16},  {IA_TYPE_Q8_0, 1536, 9, 3},   {IA_TYPE_Q4_0, 64, 3, 2},
     {IA_TYPE_Q4_0, 544, 25, 7},   {IA_TYPE_Q4_0, 1056, 12, 33}, {IA_TYPE_Q4_K, 256, 1, 1},

@@ -258,64 +258,58 @@ T256 static INLINE __m256i tail_mask(int n) {
     return _mm256_loadu_si256((const __m256i *)(ramp + 8 - n));
 }
 
-/* One accumulator of 8 lanes per (t, r): lane l sums elements k = l mod 8 in increasing k; the last
- * partial vector is a masked load, so the operations for a (t, r) are fixed by len alone. Pairs of
- * activation rows go through 4 weight rows at a time (16 registers hold 8 accumulators plus
- * operands); single rows through all 8. Either way each accumulator sees the same FMAs. */
+/* NT activation rows (1..3) against 4 weight rows from w[0]: acc[t][r] gets the FMAs in k order, the
+ * masked tail last, whatever NT is. */
+T256 static INLINE void dot_tile(const int NT, const float *const *w, int nv, int nt, __m256i tail, const float *x0,
+                                 int64_t ldx, __m256 (*acc)[4]) {
+#pragma GCC unroll 3
+    for (int t = 0; t < NT; t++)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) acc[t][r] = _mm256_setzero_ps();
+    for (int k = 0; k < nv; k += 8) {
+        __m256 v[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < NT; t++) v[t] = _mm256_loadu_ps(x0 + t * ldx + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m256 wv = _mm256_loadu_ps(w[r] + k);
+            __asm__("" : "+x"(wv)); /* one load per weight vector: GCC would fold it into every FMA */
+#pragma GCC unroll 3
+            for (int t = 0; t < NT; t++) acc[t][r] = _mm256_fmadd_ps(wv, v[t], acc[t][r]);
+        }
+    }
+    if (nt) {
+        __m256 v[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < NT; t++) v[t] = _mm256_maskload_ps(x0 + t * ldx + nv, tail);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const __m256 wv = _mm256_maskload_ps(w[r] + nv, tail);
+#pragma GCC unroll 3
+            for (int t = 0; t < NT; t++) acc[t][r] = _mm256_fmadd_ps(wv, v[t], acc[t][r]);
+        }
+    }
+}
+
+/* One accumulator of 8 lanes per (t, r), FMAs in k order, the masked tail last, store_sum: fixed by
+ * len alone. Tiles of three activation rows by four weight rows share the loads (12 accumulators
+ * and 4 operands fill the 16 registers); that only interleaves independent accumulators. */
 T256 static void dot_avx2(const float *const *w, int len, const float *X, int64_t ldx, int n_tok,
                           float *Y, int64_t ldy, int nr, bool accumulate) {
-    enum { R = IA_MM_ROWS };
     const int nv = len & ~7;
     const int nt = len - nv;
     const __m256i tail = tail_mask(nt);
-    int t = 0;
-    for (; t + 2 <= n_tok; t += 2) {
-        const float *x0 = X + t * ldx, *x1 = x0 + ldx;
+    __m256 acc[3][4];
+    for (int t = 0; t < n_tok;) {
+        const int n = n_tok - t >= 3 ? 3 : n_tok - t;
         for (int r0 = 0; r0 < nr; r0 += 4) {
-            __m256 a0[4], a1[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-            for (int k = 0; k < nv; k += 8) {
-                const __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k);
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++) {
-                    const __m256 wv = _mm256_loadu_ps(w[r0 + r] + k);
-                    a0[r] = _mm256_fmadd_ps(wv, v0, a0[r]);
-                    a1[r] = _mm256_fmadd_ps(wv, v1, a1[r]);
-                }
-            }
-            if (nt) {
-                const __m256 v0 = _mm256_maskload_ps(x0 + nv, tail), v1 = _mm256_maskload_ps(x1 + nv, tail);
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++) {
-                    const __m256 wv = _mm256_maskload_ps(w[r0 + r] + nv, tail);
-                    a0[r] = _mm256_fmadd_ps(wv, v0, a0[r]);
-                    a1[r] = _mm256_fmadd_ps(wv, v1, a1[r]);
-                }
-            }
-            for (int r = 0; r < 4 && r0 + r < nr; r++) {
-                store_sum(Y + t * ldy + r0 + r, a0[r], accumulate);
-                store_sum(Y + (t + 1) * ldy + r0 + r, a1[r], accumulate);
-            }
+            if (n == 3) dot_tile(3, w + r0, nv, nt, tail, X + t * ldx, ldx, acc);
+            else if (n == 2) dot_tile(2, w + r0, nv, nt, tail, X + t * ldx, ldx, acc);
+            else dot_tile(1, w + r0, nv, nt, tail, X + t * ldx, ldx, acc);
+            for (int i = 0; i < n; i++)
+                for (int r = 0; r < 4 && r0 + r < nr; r++) store_sum(Y + (t + i) * ldy + r0 + r, acc[i][r], accumulate);
         }
-    }
-    for (; t < n_tok; t++) {
-        const float *x0 = X + t * ldx;
-        __m256 a0[R];
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) a0[r] = _mm256_setzero_ps();
-        for (int k = 0; k < nv; k += 8) {
-            const __m256 v0 = _mm256_loadu_ps(x0 + k);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + k), v0, a0[r]);
-        }
-        if (nt) {
-            const __m256 v0 = _mm256_maskload_ps(x0 + nv, tail);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++)
-                a0[r] = _mm256_fmadd_ps(_mm256_maskload_ps(w[r] + nv, tail), v0, a0[r]);
-        }
-        for (int r = 0; r < nr; r++) store_sum(Y + t * ldy + r, a0[r], accumulate);
+        t += n;
     }
 }
 

@@ -280,58 +280,87 @@ T512 static INLINE void store_sums16(float *y0, float *y1, const __m512 *a0, con
     _mm256_mask_storeu_ps(y1, m, s1);
 }
 
+/* store_sums16's network for the 8 sums of a[0..7] alone (half its shuffles): after the same four
+ * stages, lane 4j holds the sum of a[j] and lane 4j + 1 that of a[j + 4]; one permute puts them in order. */
+T512 static INLINE void store_sums8(float *y, const __m512 *a, int nr, bool accumulate) {
+    __m512 p[4], b[2];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        p[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x88), _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xDD));
+    const __m512 c = _mm512_add_ps(_mm512_shuffle_ps(b[0], b[1], 0x44), _mm512_shuffle_ps(b[0], b[1], 0xEE));
+    const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c, c, 0x88), _mm512_shuffle_ps(c, c, 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __mmask8 m = (__mmask8)((1u << nr) - 1u);
+    __m256 s = _mm512_castps512_ps256(_mm512_permutexvar_ps(order, d));
+    if (accumulate) s = _mm256_add_ps(_mm256_maskz_loadu_ps(m, y), s);
+    _mm256_mask_storeu_ps(y, m, s);
+}
+
 /* One accumulator of 16 lanes per (t, r): lane l sums elements k = l mod 16 in increasing k; the
  * last partial vector is a masked load, so the sequence of operations for a (t, r) is fixed by len
  * alone. Two activation rows share each weight load when n_tok allows; that only interleaves
+ * independent accumulators and does not change any of them. */
+/* NT activation rows (1..3) against the IA_MM_ROWS weight rows: acc[t][r] gets the FMAs in k order,
+ * the masked tail last, whatever NT is. */
+T512 static INLINE void dot_tile(const int NT, const float *const *w, int nv, __mmask16 tail, const float *x0,
+                                 int64_t ldx, __m512 (*acc)[IA_MM_ROWS]) {
+    enum { R = IA_MM_ROWS };
+#pragma GCC unroll 3
+    for (int t = 0; t < NT; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) acc[t][r] = _mm512_setzero_ps();
+    for (int k = 0; k < nv; k += 16) {
+        __m512 v[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < NT; t++) v[t] = _mm512_loadu_ps(x0 + t * ldx + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 wv = _mm512_loadu_ps(w[r] + k);
+            __asm__("" : "+v"(wv)); /* one load per weight vector: GCC would fold it into every FMA */
+#pragma GCC unroll 3
+            for (int t = 0; t < NT; t++) acc[t][r] = _mm512_fmadd_ps(wv, v[t], acc[t][r]);
+        }
+    }
+    if (tail) {
+        __m512 v[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < NT; t++) v[t] = _mm512_maskz_loadu_ps(tail, x0 + t * ldx + nv);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const __m512 wv = _mm512_maskz_loadu_ps(tail, w[r] + nv);
+#pragma GCC unroll 3
+            for (int t = 0; t < NT; t++) acc[t][r] = _mm512_fmadd_ps(wv, v[t], acc[t][r]);
+        }
+    }
+}
+
+/* One accumulator of 16 lanes per (t, r): lane l sums elements k = l mod 16 in increasing k; the
+ * last partial vector is a masked load, so the sequence of operations for a (t, r) is fixed by len
+ * alone. Three activation rows share each weight load when n_tok allows; that only interleaves
  * independent accumulators and does not change any of them. */
 T512 static void dot_avx512(const float *const *w, int len, const float *X, int64_t ldx, int n_tok,
                             float *Y, int64_t ldy, int nr, bool accumulate) {
     enum { R = IA_MM_ROWS };
     const int nv = len & ~15;
     const __mmask16 tail = (__mmask16)((1u << (len - nv)) - 1u);
+    __m512 acc[3][R];
     int t = 0;
-    for (; t + 2 <= n_tok; t += 2) {
-        const float *x0 = X + t * ldx, *x1 = x0 + ldx;
-        __m512 a0[R], a1[R];
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
-        for (int k = 0; k < nv; k += 16) {
-            const __m512 v0 = _mm512_loadu_ps(x0 + k), v1 = _mm512_loadu_ps(x1 + k);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                const __m512 wv = _mm512_loadu_ps(w[r] + k);
-                a0[r] = _mm512_fmadd_ps(wv, v0, a0[r]);
-                a1[r] = _mm512_fmadd_ps(wv, v1, a1[r]);
-            }
-        }
-        if (tail) {
-            const __m512 v0 = _mm512_maskz_loadu_ps(tail, x0 + nv), v1 = _mm512_maskz_loadu_ps(tail, x1 + nv);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                const __m512 wv = _mm512_maskz_loadu_ps(tail, w[r] + nv);
-                a0[r] = _mm512_fmadd_ps(wv, v0, a0[r]);
-                a1[r] = _mm512_fmadd_ps(wv, v1, a1[r]);
-            }
-        }
-        store_sums16(Y + t * ldy, Y + (t + 1) * ldy, a0, a1, nr, accumulate);
+    for (; t + 3 <= n_tok; t += 3) {
+        dot_tile(3, w, nv, tail, X + t * ldx, ldx, acc);
+        store_sums16(Y + t * ldy, Y + (t + 1) * ldy, acc[0], acc[1], nr, accumulate);
+        store_sums8(Y + (t + 2) * ldy, acc[2], nr, accumulate);
     }
-    for (; t < n_tok; t++) {
-        const float *x0 = X + t * ldx;
-        __m512 a0[R];
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) a0[r] = _mm512_setzero_ps();
-        for (int k = 0; k < nv; k += 16) {
-            const __m512 v0 = _mm512_loadu_ps(x0 + k);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(w[r] + k), v0, a0[r]);
-        }
-        if (tail) {
-            const __m512 v0 = _mm512_maskz_loadu_ps(tail, x0 + nv);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++)
-                a0[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w[r] + nv), v0, a0[r]);
-        }
-        for (int r = 0; r < nr; r++) store_sum(Y + t * ldy + r, a0[r], accumulate);
+    if (t + 2 <= n_tok) {
+        dot_tile(2, w, nv, tail, X + t * ldx, ldx, acc);
+        store_sums16(Y + t * ldy, Y + (t + 1) * ldy, acc[0], acc[1], nr, accumulate);
+        t += 2;
+    }
+    if (t < n_tok) {
+        dot_tile(1, w, nv, tail, X + t * ldx, ldx, acc);
+        store_sums8(Y + t * ldy, acc[0], nr, accumulate);
     }
 }
 
