@@ -36,6 +36,13 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 ia_exp512
     p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
+
+/* silu(g) * u = g / (1 + exp(-g)) * u, the reference's operations with ia_exp512 for expf (the
+ * inference forward pass and the trainer's share it). */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 ia_swiglu512(__m512 g, __m512 u) {
+    const __m512 e = ia_exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
+}
 #endif
 
 #endif /* IA_TENSOR_SIMD_H */

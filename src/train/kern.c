@@ -377,13 +377,9 @@ T512 static void scaled_exp_avx512(float *out, const float *x, int n, float sub,
     }
 }
 T512 static void swiglu_fwd_avx512(float *h, const float *g, const float *u, size_t n) {
-    const __m512 one = _mm512_set1_ps(1.0f);
     for (size_t i = 0; i < n; i += 16) {
         const __mmask16 k = tail_mask((int)(n - i < 16 ? n - i : 16));
-        const __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
-        const __m512 e = ia_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
-        const __m512 hv = _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(k, u + i));
-        _mm512_mask_storeu_ps(h + i, k, hv);
+        _mm512_mask_storeu_ps(h + i, k, ia_swiglu512(_mm512_maskz_loadu_ps(k, g + i), _mm512_maskz_loadu_ps(k, u + i)));
     }
 }
 
