@@ -1099,10 +1099,10 @@ static void test_matmul_q8_extremes(void **state) {
 
 /* Each family's attention against the plain reference (summation order and exp differ: within a few
  * f32 ulps of the output scale), and bit for bit the same whether tokens come in one batch or one at a
- * time, with 1 or 3 threads. GQA (8 heads on 2 KV heads), two slots, positions up to 40. */
+ * time, with 1 or 3 threads. GQA (8 heads on 2 KV heads), two slots, positions up to 47. */
 static void test_attention(void **state) {
     (void)state;
-    enum { S = 2, L = 2, C = 48, H = 8, HKV = 2, D = 64, KV = HKV * D, N = 9 };
+    enum { S = 2, L = 2, C = 48, H = 8, HKV = 2, D = 64, KV = HKV * D, N = 15 };
     ia_rng r;
     ia_rng_seed(&r, 41);
     float *kc = xmalloc(sizeof(float) * S * L * C * KV), *vc = xmalloc(sizeof(float) * S * L * C * KV);
@@ -1110,7 +1110,10 @@ static void test_attention(void **state) {
     float *q = xmalloc(sizeof(float) * N * H * D), *o1 = xmalloc(sizeof(float) * N * H * D);
     float *o2 = xmalloc(sizeof(float) * N * H * D), *o3 = xmalloc(sizeof(float) * N * H * D);
     for (int i = 0; i < N * H * D; i++) q[i] = 2.0f * ia_rng_normal(&r);
-    int32_t pos[N] = {0, 1, 15, 16, 17, 31, 40, 5, 33}, slot[N] = {0, 1, 0, 1, 0, 1, 1, 0, 0};
+    /* tokens 2i and 2i + 1 of one slot share K and V loads (either one the later): pairs of slots
+     * (0,0), (0,1), (1,1), (1,1), (0,0), (1,1), (0,1), then a lone token */
+    int32_t pos[N] = {0, 1, 15, 16, 17, 31, 40, 5, 33, 20, 21, 7, 3, 47, 9};
+    int32_t slot[N] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 0};
     float *sc = xmalloc(sizeof(float) * 4 * C);
     ia_attn a = {.out = o1, .q = q, .k_cache = kc, .v_cache = vc, .pos = pos, .slot = slot, .n_tok = N, .n_head = H,
                  .n_head_kv = HKV, .head_dim = D, .n_layer = L, .layer = 1, .n_ctx = C, .scale = 0.125f,

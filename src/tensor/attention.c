@@ -119,6 +119,34 @@ T512 static INLINE __m512 hsum16(__m512 *v) {
     return s; /* lane 4q + j holds the sum of v[q + 4j]; callers permute with g_hperm */
 }
 
+/* A row of n scores becomes softmax weights: exp(s - max) (max: a plain scan, exact whatever the
+ * order), summed 16 lanes at a time then lane by lane, and each multiplied by 1/sum. */
+T512 static INLINE void softmax_row(float *sh, int np) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int p0 = 0; p0 < np; p0 += 16) {
+        const __mmask16 m = (__mmask16)(np - p0 >= 16 ? 0xFFFFu : (1u << (np - p0)) - 1u);
+        mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, sh + p0));
+    }
+    const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 vsum = _mm512_setzero_ps();
+    for (int p0 = 0; p0 < np; p0 += 16) {
+        const int n = np - p0 < 16 ? np - p0 : 16;
+        const __mmask16 m = (__mmask16)((1u << n) - 1u);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sh + p0), vmax));
+        _mm512_mask_storeu_ps(sh + p0, m, e);
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
+    }
+    float lanes[16];
+    _mm512_storeu_ps(lanes, vsum);
+    float sum = 0;
+    for (int l = 0; l < 16; l++) sum += lanes[l];
+    const __m512 inv = _mm512_set1_ps(1.0f / sum);
+    for (int p0 = 0; p0 < np; p0 += 16) {
+        const __mmask16 m = (__mmask16)(np - p0 >= 16 ? 0xFFFFu : (1u << (np - p0)) - 1u);
+        _mm512_mask_storeu_ps(sh + p0, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sh + p0), inv));
+    }
+}
+
 /* The permutation hsum16 leaves its sums in, found once by feeding it unit vectors. */
 static int g_hperm[16];
 static _Atomic int g_hperm_ready;
@@ -167,6 +195,11 @@ T512 static void attn_group_avx512(const ia_attn *a, int t, int h0, int nh, floa
     if (nd == 4) attn_group_4(a, t, h0, nh, sc, 4);
     else if (nd == 8) attn_group_8(a, t, h0, nh, sc, 8);
     else attn_group_x(a, t, h0, nh, sc, nd);
+}
+
+/* Two tokens of one slot, head dim 64 (attention_kern.h). */
+T512 static void attn_pair_avx512(const ia_attn *a, int ta, int tb, int h0, int nh, float *sc) {
+    attn_pair_4(a, ta, tb, h0, nh, sc);
 }
 
 /* One (token, head): the group kernel for a single head (one score row in sc). */
@@ -257,7 +290,8 @@ static float *sc_get(size_t n) {
 typedef struct grp_job {
     const ia_attn *a;
     _Atomic int next;
-    int n_work, group, per;   /* items: (token, KV head, head chunk of `per`) */
+    int n_work, group, per; /* items: (token or token pair, KV head, head chunk of `per`) */
+    bool pairs;             /* items take tokens 2i and 2i + 1 (head dim 64) */
 } grp_job;
 
 static void grp_worker(void *ctx, int tid, int nth) {
@@ -265,14 +299,20 @@ static void grp_worker(void *ctx, int tid, int nth) {
     const ia_attn *a = j->a;
     (void)nth;
     const int chunks = (j->group + j->per - 1) / j->per;
-    float *sc = sc_get((size_t)j->per * a->n_ctx);
+    float *sc = sc_get((size_t)j->per * a->n_ctx * (j->pairs ? 2 : 1));
     for (int w; (w = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->n_work;) {
-        const int t = w / (a->n_head_kv * chunks), r = w % (a->n_head_kv * chunks);
+        const int i = w / (a->n_head_kv * chunks), r = w % (a->n_head_kv * chunks);
         const int h0 = (r / chunks) * j->group + (r % chunks) * j->per;
         const int nh = j->group - (r % chunks) * j->per < j->per ? j->group - (r % chunks) * j->per : j->per;
-        if (sc) attn_group_avx512(a, t, h0, nh, sc);
-        else /* out of memory for the group's scores: head by head in the caller's row (same bits) */
-            for (int h = h0; h < h0 + nh; h++) attn_one_avx512(a, t, h, a->scratch + (size_t)tid * a->n_ctx);
+        const int t0 = j->pairs ? 2 * i : i, t1 = !j->pairs ? i + 1 : 2 * i + 2 < a->n_tok ? 2 * i + 2 : a->n_tok;
+        if (!sc) { /* out of memory for the group's scores: head by head in the caller's row (same bits) */
+            for (int t = t0; t < t1; t++)
+                for (int h = h0; h < h0 + nh; h++) attn_one_avx512(a, t, h, a->scratch + (size_t)tid * a->n_ctx);
+        } else if (t1 - t0 == 2 && a->slot[t0] == a->slot[t0 + 1]) {
+            attn_pair_avx512(a, t0, t0 + 1, h0, nh, sc);
+        } else {
+            for (int t = t0; t < t1; t++) attn_group_avx512(a, t, h0, nh, sc);
+        }
     }
 }
 #endif
@@ -286,8 +326,8 @@ void ia_attention(const ia_attn *a) {
             attn_run(a, attn_one_avx512);
             return;
         }
-        grp_job j = {.a = a, .group = group, .per = group < 8 ? group : 8};
-        j.n_work = a->n_tok * a->n_head_kv * ((group + j.per - 1) / j.per);
+        grp_job j = {.a = a, .group = group, .per = group < 8 ? group : 8, .pairs = a->head_dim == 64};
+        j.n_work = (j.pairs ? (a->n_tok + 1) / 2 : a->n_tok) * a->n_head_kv * ((group + j.per - 1) / j.per);
         atomic_init(&j.next, 0);
         int nth = ia_pool_threads();
         if (nth > j.n_work) nth = j.n_work;
