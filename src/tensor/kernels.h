@@ -36,12 +36,12 @@ typedef struct ia_mm_kernel {
      * nr repeat a valid one) into out[r]. */
     void (*dequant_rows)(uint32_t type, const uint8_t *const *rows, int64_t k0, int len,
                          float (*out)[IA_MM_CHUNK]);
-    /* Optional (NULL: dot_fused by blocks): F32 rows o0 .. o1 - 1 of W (row stride n_in floats), one
-     * row at a time, whole (chunks of IA_MM_CHUNK summed into Y as above), for n_tok <=
-     * IA_MM_FUSED_MAX_TOK: a single linear stream through the matrix, where eight interleaved rows
-     * left a fifth of the bandwidth unused. Must give exactly the bits of dot. */
-    void (*dot_rows_f32)(const float *W, int n_in, int o0, int o1, const float *X, int64_t ldx, int n_tok,
-                         float *Y, int64_t ldy);
+    /* Optional (NULL: dot_fused by blocks): rows o0 .. o1 - 1 of an F32, F16 or BF16 matrix W (rows rs
+     * bytes apart), one row at a time, whole (chunks of IA_MM_CHUNK summed into Y as above), for n_tok
+     * <= IA_MM_FUSED_MAX_TOK: a single linear stream through the matrix, where eight interleaved rows
+     * left a fifth of the bandwidth unused. Must give exactly the bits of dequant followed by dot. */
+    void (*dot_rows)(uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1, const float *X,
+                     int64_t ldx, int n_tok, float *Y, int64_t ldy);
 } ia_mm_kernel;
 
 /* Up to this many activation rows the fused path decodes each weight row once; past it, decoding

@@ -163,7 +163,7 @@ typedef struct mm_job {
     size_t rs;
     const ia_type_traits *tt;
     const ia_mm_kernel *kern;
-    bool fused, is_f32, rows_f32; /* rows_f32: F32 decode through kern->dot_rows_f32 */
+    bool fused, is_f32, rows; /* rows: F32/F16/BF16 decode through kern->dot_rows */
     _Atomic int next;             /* next block to hand out */
 } mm_job;
 
@@ -228,15 +228,14 @@ static void mm_block(const mm_job *j, int b, bool prefetch_next) {
 static void mm_worker(void *ctx, int tid, int nth) {
     mm_job *j = ctx;
     (void)tid;
-    if (nth == 1 && !j->rows_f32) {
+    if (nth == 1 && !j->rows) {
         for (int b = 0; b < j->n_blk; b++) mm_block(j, b, b + 1 < j->n_blk);
         return;
     }
     for (int b0, b1; ia_pool_claim(&j->next, j->n_blk, nth, 1, &b0, &b1);) {
-        if (j->rows_f32) { /* decoding F32: the claimed rows as one stream */
+        if (j->rows) { /* decoding F32/F16/BF16: the claimed rows as one stream */
             const int o1 = b1 * IA_MM_ROWS < j->n_out ? b1 * IA_MM_ROWS : j->n_out;
-            j->kern->dot_rows_f32((const float *)j->W, j->n_in, b0 * IA_MM_ROWS, o1, j->X, j->n_in, j->n_tok, j->Y,
-                                  j->n_out);
+            j->kern->dot_rows(j->wtype, j->W, j->rs, j->n_in, b0 * IA_MM_ROWS, o1, j->X, j->n_in, j->n_tok, j->Y, j->n_out);
             continue;
         }
         for (int b = b0; b < b1; b++) mm_block(j, b, b + 1 < b1);
@@ -252,7 +251,8 @@ static void mm_job_init(mm_job *j, float *Y, const float *X, const void *W, uint
     j->n_blk = (n_out + IA_MM_ROWS - 1) / IA_MM_ROWS;
     j->is_f32 = wtype == IA_TYPE_F32;
     j->fused = j->kern->dot_fused && n_tok <= IA_MM_FUSED_MAX_TOK;
-    j->rows_f32 = j->is_f32 && j->kern->dot_rows_f32 && n_tok <= IA_MM_FUSED_MAX_TOK;
+    j->rows = (wtype == IA_TYPE_F32 || wtype == IA_TYPE_F16 || wtype == IA_TYPE_BF16) && j->kern->dot_rows &&
+              n_tok <= IA_MM_FUSED_MAX_TOK;
     atomic_init(&j->next, 0);
 }
 
@@ -290,10 +290,10 @@ static void mm_multi_worker(void *ctx, int tid, int nth) {
             while (b >= m->start[ti + 1]) ti++;
             const mm_job *j = &m->job[ti];
             const int end = b1 < m->start[ti + 1] ? b1 : m->start[ti + 1]; /* this matrix's part of the run */
-            if (j->rows_f32) {
+            if (j->rows) {
                 const int o1 = (end - m->start[ti]) * IA_MM_ROWS < j->n_out ? (end - m->start[ti]) * IA_MM_ROWS : j->n_out;
-                j->kern->dot_rows_f32((const float *)j->W, j->n_in, (b - m->start[ti]) * IA_MM_ROWS, o1, j->X, j->n_in,
-                                      j->n_tok, j->Y, j->n_out);
+                j->kern->dot_rows(j->wtype, j->W, j->rs, j->n_in, (b - m->start[ti]) * IA_MM_ROWS, o1, j->X, j->n_in,
+                                  j->n_tok, j->Y, j->n_out);
                 b = end;
                 continue;
             }

@@ -461,24 +461,32 @@ T512 static void dot_fused_avx512(uint32_t type, const uint8_t *const *rows, int
     }
 }
 
+/* 16 weights from element k of a row (all 16, or the first `m` lanes, the rest zero) as f32. */
+T512 static INLINE __m512 load_w16(uint32_t type, const uint8_t *row, int k, __mmask16 m) {
+    if (type == IA_TYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + k);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + k);
+    if (type == IA_TYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* BF16 */
+}
+
 /* Each (t, r) gets dot_avx512's operations: per chunk one accumulator, FMAs in k order, the masked
- * tail last, hsum512, then Y = s or Y + s. */
-T512 static void dot_rows_f32_avx512(const float *W, int n_in, int o0, int o1, const float *X, int64_t ldx,
-                                     int n_tok, float *Y, int64_t ldy) {
+ * tail last, hsum512, then Y = s or Y + s (F16 and BF16 widen exactly, as their decoders do). */
+T512 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1,
+                                      const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy) {
     for (int o = o0; o < o1; o++) {
-        const float *w = W + (size_t)o * n_in;
+        const uint8_t *w = W + (size_t)o * rs;
         for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
             const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK, nv = len & ~15;
             const __mmask16 tail = (__mmask16)((1u << (len - nv)) - 1u);
-            const float *x0 = X + k0, *x1 = X + ldx + k0, *wk = w + k0;
+            const float *x0 = X + k0, *x1 = X + ldx + k0;
             __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
             for (int k = 0; k < nv; k += 16) {
-                const __m512 wv = _mm512_loadu_ps(wk + k);
+                const __m512 wv = load_w16(type, w, k0 + k, 0xFFFF);
                 a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + k), a0);
                 if (n_tok == 2) a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + k), a1);
             }
             if (tail) {
-                const __m512 wv = _mm512_maskz_loadu_ps(tail, wk + nv);
+                const __m512 wv = load_w16(type, w, k0 + nv, tail);
                 a0 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail, x0 + nv), a0);
                 if (n_tok == 2) a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail, x1 + nv), a1);
             }
@@ -488,7 +496,17 @@ T512 static void dot_rows_f32_avx512(const float *W, int n_in, int o0, int o1, c
     }
 }
 
+T512 static void dot_rows_avx512(uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1, const float *X,
+                                 int64_t ldx, int n_tok, float *Y, int64_t ldy) {
+    switch (type) {
+    case IA_TYPE_F32: dot_rows_with(IA_TYPE_F32, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
+    case IA_TYPE_F16: dot_rows_with(IA_TYPE_F16, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
+    case IA_TYPE_BF16: dot_rows_with(IA_TYPE_BF16, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
+    default: IA_ASSERT(!"dot_rows: F32, F16 or BF16 only");
+    }
+}
+
 const ia_mm_kernel ia_mm_kernel_avx512 = {"avx512", dequant_avx512, dot_avx512, dot_fused_avx512,
-                                           dequant_rows_avx512, dot_rows_f32_avx512};
+                                           dequant_rows_avx512, dot_rows_avx512};
 
 #endif /* __x86_64__ */
