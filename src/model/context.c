@@ -3,6 +3,7 @@
 #include "model.h"
 #include "model/lora.h"
 #include "tensor/pool.h"
+#include "tensor/simd.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -132,8 +133,7 @@ int ia_context_n_logits(const ia_context *c) { return c->n_logits; }
 
 /* y = x / sqrt(mean(x^2) + eps) * w, the sum in double (cheap, and closer to the reference). */
 static void rmsnorm(float *y, const float *x, const float *w, int n, float eps) {
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const double ss = ia_sumsq8(x, n);
     float s = (float)(1.0 / sqrt(ss / n + (double)eps));
     for (int i = 0; i < n; i++) y[i] = x[i] * s * w[i];
 }
@@ -141,15 +141,21 @@ static void rmsnorm(float *y, const float *x, const float *w, int n, float eps) 
 /* Rotates each head of vec ([n_heads][D]) by the angles of one position. NORM pairs (2i, 2i+1);
  * NEOX pairs (i, i + n_rot/2); dims beyond n_rot pass through. */
 static void rope(float *vec, int n_heads, int D, int n_rot, ia_rope_type type, const float *cs, const float *sn) {
-    int half = n_rot / 2;
+    const int half = n_rot / 2;
     for (int h = 0; h < n_heads; h++) {
         float *v = vec + (size_t)h * D;
-        for (int i = 0; i < half; i++) {
-            int i0 = type == IA_ROPE_NEOX ? i : 2 * i;
-            int i1 = type == IA_ROPE_NEOX ? i + half : 2 * i + 1;
-            float x0 = v[i0], x1 = v[i1];
-            v[i0] = x0 * cs[i] - x1 * sn[i];
-            v[i1] = x0 * sn[i] + x1 * cs[i];
+        if (type == IA_ROPE_NEOX) { /* one loop per layout, so each vectorises */
+            for (int i = 0; i < half; i++) {
+                const float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * cs[i] - x1 * sn[i];
+                v[i + half] = x0 * sn[i] + x1 * cs[i];
+            }
+        } else {
+            for (int i = 0; i < half; i++) {
+                const float x0 = v[2 * i], x1 = v[2 * i + 1];
+                v[2 * i] = x0 * cs[i] - x1 * sn[i];
+                v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+            }
         }
     }
 }

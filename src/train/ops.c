@@ -100,8 +100,7 @@ static void rms_fwd_body(void *p, int t0, int t1) {
     for (int t = t0; t < t1; t++) {
         const float *xt = j->x + (size_t)t * E;
         float *yt = j->y + (size_t)t * E;
-        double ss = 0;
-        for (int i = 0; i < E; i++) ss += (double)xt[i] * xt[i];
+        const double ss = ia_sumsq8(xt, E);
         float s = (float)(1.0 / sqrt(ss / E + (double)j->eps));
         j->rstd[t] = s;
         for (int i = 0; i < E; i++) yt[i] = xt[i] * s * j->w[i];
