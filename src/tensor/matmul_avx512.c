@@ -247,6 +247,10 @@ T512 static INLINE void store_sum(float *y, __m512 acc, bool accumulate) {
     *y = accumulate ? *y + s : s;
 }
 
+/* One stage of the transpose-and-add networks below: two shuffles of x and y, added. */
+#define NET_F32X4(x, y, lo, hi) _mm512_add_ps(_mm512_shuffle_f32x4(x, y, lo), _mm512_shuffle_f32x4(x, y, hi))
+#define NET_PS(x, y, lo, hi) _mm512_add_ps(_mm512_shuffle_ps(x, y, lo), _mm512_shuffle_ps(x, y, hi))
+
 /* The 16 sums of a0[0..7] and a1[0..7] at once: a transpose-and-add network (4 stages of shuffles and
  * adds for all 16 instead of 4 per accumulator: a fifth of the prefill matmul time went to hsum512).
  * Each sum is added in exactly hsum512's tree, ((v[l] + v[l+8]) + (v[l+4] + v[l+12])) then +2, +1,
@@ -261,15 +265,12 @@ T512 static INLINE void store_sums16(float *y0, float *y1, const __m512 *a0, con
     }
     __m512 a[8], b[4], c[2];
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++)
-        a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 8; i++) a[i] = NET_F32X4(v[2 * i], v[2 * i + 1], 0x44, 0xEE);
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++)
-        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+    for (int i = 0; i < 4; i++) b[i] = NET_F32X4(a[2 * i], a[2 * i + 1], 0x88, 0xDD);
 #pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
-    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+    for (int i = 0; i < 2; i++) c[i] = NET_PS(b[2 * i], b[2 * i + 1], 0x44, 0xEE);
+    const __m512 s = NET_PS(c[0], c[1], 0x88, 0xDD);
     const __mmask8 m = (__mmask8)((1u << nr) - 1u);
     __m256 s0 = _mm512_castps512_ps256(s), s1 = _mm512_extractf32x8_ps(s, 1);
     if (accumulate) {
@@ -285,13 +286,11 @@ T512 static INLINE void store_sums16(float *y0, float *y1, const __m512 *a0, con
 T512 static INLINE void store_sums8(float *y, const __m512 *a, int nr, bool accumulate) {
     __m512 p[4], b[2];
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++)
-        p[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++) p[i] = NET_F32X4(a[2 * i], a[2 * i + 1], 0x44, 0xEE);
 #pragma GCC unroll 2
-    for (int i = 0; i < 2; i++)
-        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x88), _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xDD));
-    const __m512 c = _mm512_add_ps(_mm512_shuffle_ps(b[0], b[1], 0x44), _mm512_shuffle_ps(b[0], b[1], 0xEE));
-    const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(c, c, 0x88), _mm512_shuffle_ps(c, c, 0xDD));
+    for (int i = 0; i < 2; i++) b[i] = NET_F32X4(p[2 * i], p[2 * i + 1], 0x88, 0xDD);
+    const __m512 c = NET_PS(b[0], b[1], 0x44, 0xEE);
+    const __m512 d = NET_PS(c, c, 0x88, 0xDD);
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
     const __mmask8 m = (__mmask8)((1u << nr) - 1u);
     __m256 s = _mm512_castps512_ps256(_mm512_permutexvar_ps(order, d));
@@ -299,10 +298,6 @@ T512 static INLINE void store_sums8(float *y, const __m512 *a, int nr, bool accu
     _mm256_mask_storeu_ps(y, m, s);
 }
 
-/* One accumulator of 16 lanes per (t, r): lane l sums elements k = l mod 16 in increasing k; the
- * last partial vector is a masked load, so the sequence of operations for a (t, r) is fixed by len
- * alone. Two activation rows share each weight load when n_tok allows; that only interleaves
- * independent accumulators and does not change any of them. */
 /* NT activation rows (1..3) against the IA_MM_ROWS weight rows: acc[t][r] gets the FMAs in k order,
  * the masked tail last, whatever NT is. */
 T512 static INLINE void dot_tile(const int NT, const float *const *w, int nv, __mmask16 tail, const float *x0,
