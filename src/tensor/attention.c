@@ -326,7 +326,8 @@ void ia_attention(const ia_attn *a) {
             attn_run(a, attn_one_avx512);
             return;
         }
-        grp_job j = {.a = a, .group = group, .per = group < 8 ? group : 8, .pairs = a->head_dim == 64};
+        /* pairs from 8 tokens on: below, halving the items would leave a thread idle (same bits either way) */
+        grp_job j = {.a = a, .group = group, .per = group < 8 ? group : 8, .pairs = a->head_dim == 64 && a->n_tok >= 8};
         j.n_work = (j.pairs ? (a->n_tok + 1) / 2 : a->n_tok) * a->n_head_kv * ((group + j.per - 1) / j.per);
         atomic_init(&j.next, 0);
         int nth = ia_pool_threads();

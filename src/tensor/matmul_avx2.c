@@ -313,6 +313,60 @@ T256 static void dot_avx2(const float *const *w, int len, const float *X, int64_
     }
 }
 
+/* ---- decoding F32/F16/BF16 one whole row at a time ---- */
+
+/* 8 weights from element k of a row as f32 (exact widening, as the decoders do). */
+T256 static INLINE __m256 load_w8(uint32_t type, const uint8_t *row, int k) {
+    if (type == IA_TYPE_F32) return _mm256_loadu_ps((const float *)row + k);
+    const __m128i h = load16((const uint16_t *)row + k);
+    if (type == IA_TYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* BF16 */
+}
+
+/* Each (t, r) gets dot_avx2's operations: per chunk one accumulator, FMAs in k order, the tail
+ * (zeros past len) last, hsum256, then Y = s or Y + s. */
+T256 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1,
+                                      const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy) {
+    for (int o = o0; o < o1; o++) {
+        const uint8_t *w = W + (size_t)o * rs;
+        for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
+            const int len = n_in - k0 < IA_MM_CHUNK ? n_in - k0 : IA_MM_CHUNK, nv = len & ~7, nt = len - nv;
+            const float *x0 = X + k0, *x1 = X + ldx + k0;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (int k = 0; k < nv; k += 8) {
+                const __m256 wv = load_w8(type, w, k0 + k);
+                a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + k), a0);
+                if (n_tok == 2) a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + k), a1);
+            }
+            if (nt) {
+                float wt[8] = {0};
+                for (int i = 0; i < nt; i++) {
+                    const int e = k0 + nv + i;
+                    wt[i] = type == IA_TYPE_F32 ? ((const float *)w)[e]
+                            : type == IA_TYPE_F16 ? ia_fp16_to_fp32(((const uint16_t *)w)[e])
+                                                  : ia_bf16_to_fp32(((const uint16_t *)w)[e]);
+                }
+                const __m256i tail = tail_mask(nt);
+                const __m256 wv = _mm256_loadu_ps(wt);
+                a0 = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x0 + nv, tail), a0);
+                if (n_tok == 2) a1 = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x1 + nv, tail), a1);
+            }
+            store_sum(Y + o, a0, k0 > 0);
+            if (n_tok == 2) store_sum(Y + ldy + o, a1, k0 > 0);
+        }
+    }
+}
+
+T256 static void dot_rows_avx2(uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1, const float *X,
+                               int64_t ldx, int n_tok, float *Y, int64_t ldy) {
+    switch (type) {
+    case IA_TYPE_F32: dot_rows_with(IA_TYPE_F32, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
+    case IA_TYPE_F16: dot_rows_with(IA_TYPE_F16, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
+    case IA_TYPE_BF16: dot_rows_with(IA_TYPE_BF16, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
+    default: IA_ASSERT(!"dot_rows: F32, F16 or BF16 only");
+    }
+}
+
 /* ---- fused decode + dot for one or two activation rows ---- */
 
 /* NT (1 or 2) activation rows against RG (8 for one row, 4 for two: 8 accumulators either way)
@@ -408,6 +462,6 @@ T256 static void dot_fused_avx2(uint32_t type, const uint8_t *const *rows, int64
     }
 }
 
-const ia_mm_kernel ia_mm_kernel_avx2 = {"avx2", dequant_avx2, dot_avx2, dot_fused_avx2, dequant_rows_avx2, NULL};
+const ia_mm_kernel ia_mm_kernel_avx2 = {"avx2", dequant_avx2, dot_avx2, dot_fused_avx2, dequant_rows_avx2, dot_rows_avx2};
 
 #endif /* __x86_64__ */
