@@ -44,6 +44,15 @@ typedef struct ia_mm_kernel {
                      int64_t ldx, int n_tok, float *Y, int64_t ldy);
 } ia_mm_kernel;
 
+/* A kernel's dot_rows: F(type, ...) instantiated for each of its three types, the type a constant. */
+#define IA_MM_ROWS_SWITCH(F, type, ...)                                                            \
+    switch (type) {                                                                                \
+    case IA_TYPE_F32: F(IA_TYPE_F32, __VA_ARGS__); break;                                          \
+    case IA_TYPE_F16: F(IA_TYPE_F16, __VA_ARGS__); break;                                          \
+    case IA_TYPE_BF16: F(IA_TYPE_BF16, __VA_ARGS__); break;                                        \
+    default: IA_ASSERT(!"dot_rows: F32, F16 or BF16 only");                                       \
+    }
+
 /* Up to this many activation rows the fused path decodes each weight row once; past it, decoding
  * once into the stack buffer and streaming every activation row past it is cheaper. */
 #define IA_MM_FUSED_MAX_TOK 2

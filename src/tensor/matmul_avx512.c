@@ -493,12 +493,7 @@ T512 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, siz
 
 T512 static void dot_rows_avx512(uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1, const float *X,
                                  int64_t ldx, int n_tok, float *Y, int64_t ldy) {
-    switch (type) {
-    case IA_TYPE_F32: dot_rows_with(IA_TYPE_F32, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
-    case IA_TYPE_F16: dot_rows_with(IA_TYPE_F16, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
-    case IA_TYPE_BF16: dot_rows_with(IA_TYPE_BF16, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy); break;
-    default: IA_ASSERT(!"dot_rows: F32, F16 or BF16 only");
-    }
+    IA_MM_ROWS_SWITCH(dot_rows_with, type, W, rs, n_in, o0, o1, X, ldx, n_tok, Y, ldy);
 }
 
 const ia_mm_kernel ia_mm_kernel_avx512 = {"avx512", dequant_avx512, dot_avx512, dot_fused_avx512,
