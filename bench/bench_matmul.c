@@ -1,7 +1,8 @@
 /* bench_matmul.c — micro-benchmark of ia_matmul per weight type and kernel vs ia_matmul_ref:
- * GFLOP/s and weight GB/s for n_tok = 1 and 16 at small-model shapes (not run by the tests).
+ * GFLOP/s and weight GB/s for n_tok = 1 and 16 (or one given count) at small-model shapes (not run by
+ * the tests).
  * Build: cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -Iinclude -Isrc bench/bench_matmul.c src/tensor/[a-z]*.c \
- *        src/util/[a-z]*.c -lm ; run: ./a.out [threads [n_in n_out]] (defaults 1, 1536, 576) */
+ *        src/util/[a-z]*.c -lm ; run: ./a.out [threads [n_in n_out [n_tok]]] (defaults 1, 1536, 576) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -45,16 +46,18 @@ int main(int argc, char **argv) {
     static const uint32_t types[] = {IA_TYPE_F32, IA_TYPE_F16, IA_TYPE_BF16, IA_TYPE_Q8_0,
                                      IA_TYPE_Q4_0, IA_TYPE_Q4_K, IA_TYPE_Q6_K};
     static const char *const kernels[] = {"scalar", "avx2", "avx512"};
-    static const int ntoks[] = {1, 16};
+    int ntoks[2] = {1, 16}, n_nt = 2;
+    if (argc > 4) ntoks[0] = atoi(argv[4]), n_nt = 1;
+    const int max_tok = ntoks[n_nt - 1] > ntoks[0] ? ntoks[n_nt - 1] : ntoks[0];
     printf("# ia_matmul %d x %d (n_out x n_in), %d thread(s), default kernel %s\n", n_out, n_in,
            threads, ia_cpu_kernel_name());
     printf("%-5s %-6s %5s %10s %10s %10s\n", "type", "kernel", "n_tok", "us/call", "GFLOP/s", "GB/s(W)");
     ia_rng r;
     ia_rng_seed(&r, 1);
-    float *X = malloc(sizeof(float) * 16 * (size_t)n_in), *Y = malloc(sizeof(float) * 16 * (size_t)n_out);
+    float *X = malloc(sizeof(float) * max_tok * (size_t)n_in), *Y = malloc(sizeof(float) * max_tok * (size_t)n_out);
     float *wf = malloc(sizeof(float) * (size_t)n_in);
     if (!X || !Y || !wf) return 1;
-    for (int i = 0; i < 16 * n_in; i++) X[i] = ia_rng_normal(&r);
+    for (int i = 0; i < max_tok * n_in; i++) X[i] = ia_rng_normal(&r);
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const uint32_t type = types[ti];
         if (n_in % ia_type_traits_get(type)->blck_size) continue;
@@ -65,7 +68,7 @@ int main(int argc, char **argv) {
             for (int i = 0; i < n_in; i++) wf[i] = ia_rng_normal(&r);
             ia_quantize_row(type, wf, W + (size_t)o * rs, n_in);
         }
-        for (size_t ni = 0; ni < 2; ni++) {
+        for (int ni = 0; ni < n_nt; ni++) {
             const int nt = ntoks[ni];
             const double flop = 2.0 * nt * n_in * n_out, bytes = (double)rs * n_out;
             for (int k = -1; k < 3; k++) {

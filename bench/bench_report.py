@@ -7,6 +7,7 @@ Usage: bench_report.py RUN.jsonl OUT.md OUT.json
 """
 import json
 import os
+import statistics
 import sys
 
 TARGET_BW = 0.85       # decode >= 85% of the bandwidth limit (F16/BF16/Q8_0/Q4_0/Q4_K, 135M and 0.5B)
@@ -52,8 +53,8 @@ def main():
     ours = {label_of(r["model"]): r for r in recs if r.get("tool") == "iteralign" and "model" in r}
     def med(key):
         """median of a bandwidth figure over every model's run (None if never measured)"""
-        v = sorted(r[key] for r in recs if r.get("tool") == "iteralign" and r.get(key))
-        return (v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])) if v else None
+        v = [r[key] for r in recs if r.get("tool") == "iteralign" and r.get(key)]
+        return statistics.median(v) if v else None
     bw, bw1 = med("bw_gbs"), med("bw1_gbs")
     bwn = med("bwn_gbs") or bw
     peers_absent = [r for r in recs if r.get("tool") == "llama.cpp" and r.get("absent")]

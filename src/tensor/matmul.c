@@ -222,24 +222,28 @@ static void mm_block(const mm_job *j, int b, bool prefetch_next) {
     }
 }
 
+/* Blocks b0 .. b1 - 1: decoding F32/F16/BF16, their rows as one stream; else block by block, each
+ * prefetching the next one of the range. */
+static void mm_range(const mm_job *j, int b0, int b1) {
+    if (j->rows) {
+        const int o1 = b1 * IA_MM_ROWS < j->n_out ? b1 * IA_MM_ROWS : j->n_out;
+        j->kern->dot_rows(j->wtype, j->W, j->rs, j->n_in, b0 * IA_MM_ROWS, o1, j->X, j->n_in, j->n_tok, j->Y, j->n_out);
+        return;
+    }
+    for (int b = b0; b < b1; b++) mm_block(j, b, b + 1 < b1);
+}
+
 /* Blocks are handed out in runs from a shared counter (ia_pool_claim): a thread slowed down by
  * another process on its core takes fewer, instead of holding everyone at the end. Which thread
  * computes a block never changes its bits. */
 static void mm_worker(void *ctx, int tid, int nth) {
     mm_job *j = ctx;
     (void)tid;
-    if (nth == 1 && !j->rows) {
-        for (int b = 0; b < j->n_blk; b++) mm_block(j, b, b + 1 < j->n_blk);
+    if (nth == 1) {
+        mm_range(j, 0, j->n_blk);
         return;
     }
-    for (int b0, b1; ia_pool_claim(&j->next, j->n_blk, nth, 1, &b0, &b1);) {
-        if (j->rows) { /* decoding F32/F16/BF16: the claimed rows as one stream */
-            const int o1 = b1 * IA_MM_ROWS < j->n_out ? b1 * IA_MM_ROWS : j->n_out;
-            j->kern->dot_rows(j->wtype, j->W, j->rs, j->n_in, b0 * IA_MM_ROWS, o1, j->X, j->n_in, j->n_tok, j->Y, j->n_out);
-            continue;
-        }
-        for (int b = b0; b < b1; b++) mm_block(j, b, b + 1 < b1);
-    }
+    for (int b0, b1; ia_pool_claim(&j->next, j->n_blk, nth, 1, &b0, &b1);) mm_range(j, b0, b1);
 }
 
 static void mm_job_init(mm_job *j, float *Y, const float *X, const void *W, uint32_t wtype, int n_tok, int n_in,
@@ -286,19 +290,11 @@ static void mm_multi_worker(void *ctx, int tid, int nth) {
     const int total = m->start[m->n];
     for (int b0, b1; ia_pool_claim(&m->next, total, nth, 1, &b0, &b1);) {
         int ti = 0;
-        for (int b = b0; b < b1;) {
+        for (int b = b0; b < b1;) { /* the run, a matrix's part at a time */
             while (b >= m->start[ti + 1]) ti++;
-            const mm_job *j = &m->job[ti];
-            const int end = b1 < m->start[ti + 1] ? b1 : m->start[ti + 1]; /* this matrix's part of the run */
-            if (j->rows) {
-                const int o1 = (end - m->start[ti]) * IA_MM_ROWS < j->n_out ? (end - m->start[ti]) * IA_MM_ROWS : j->n_out;
-                j->kern->dot_rows(j->wtype, j->W, j->rs, j->n_in, (b - m->start[ti]) * IA_MM_ROWS, o1, j->X, j->n_in,
-                                  j->n_tok, j->Y, j->n_out);
-                b = end;
-                continue;
-            }
-            mm_block(j, b - m->start[ti], b + 1 < end);
-            b++;
+            const int end = b1 < m->start[ti + 1] ? b1 : m->start[ti + 1];
+            mm_range(&m->job[ti], b - m->start[ti], end - m->start[ti]);
+            b = end;
         }
     }
 }
