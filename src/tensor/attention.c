@@ -1,7 +1,8 @@
 /* attention.c — causal multi-head attention over the KV cache (GQA): the plain reference and the
- * AVX-512 kernel (scores 16 positions at a time, a vectorised exp, V accumulated in registers), run on
- * the tensor thread pool; and log-sum-exp over a row of logits (scoring). Each (token, head) is computed whole by one thread in an order fixed by its
- * position alone, so results do not depend on the batch or the thread count. */
+ * AVX-512 and AVX2 kernels (scores 16 or 8 positions at a time, a vectorised exp, V accumulated in
+ * registers), run on the tensor thread pool; and log-sum-exp over a row of logits (scoring). Each
+ * (token, head) is computed whole by one thread in an order fixed by its position alone, so results
+ * do not depend on the batch or the thread count. */
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -238,6 +239,166 @@ T512 static float max_avx512(const float *x, int n) {
     for (; i < n; i++) r = x[i] > r ? x[i] : r;
     return r;
 }
+
+/* ---- AVX2 (head dims a multiple of 8) ----------------------------------------------------- */
+
+#define T256 __attribute__((target("avx2,fma")))
+
+/* Lanes 0..n-1 set (n <= 8): the mask of maskload/maskstore. */
+T256 static INLINE __m256i mask8(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* exp(x) for x <= 0 (scores minus their maximum): ia_exp256, and exactly 0 below -87.3 (as exp512). */
+T256 static INLINE __m256 exp256(__m256 x) {
+    const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
+    return _mm256_andnot_ps(under, ia_exp256(x));
+}
+
+/* Lane i = the sum of v[i]'s lanes, each added in the same tree ((0+1)+(2+3))+((4+5)+(6+7)). */
+T256 static INLINE __m256 hsum8x8(const __m256 *v) {
+    const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+    const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* softmax_row for AVX2: exp(s - max) (max: 8 lanes, exact whatever the order) summed 8 lanes at a
+ * time then lane by lane, times 1/sum. */
+T256 static INLINE void softmax_row_avx2(float *sh, int np) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 vm = ninf;
+    for (int p0 = 0; p0 < np; p0 += 8) {
+        const __m256i m = mask8(np - p0);
+        vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(sh + p0, m), _mm256_castsi256_ps(m)));
+    }
+    float ml[8], mx = -INFINITY;
+    _mm256_storeu_ps(ml, vm);
+    for (int l = 0; l < 8; l++) mx = ml[l] > mx ? ml[l] : mx;
+    const __m256 vmax = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    for (int p0 = 0; p0 < np; p0 += 8) {
+        const __m256i m = mask8(np - p0);
+        const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(sh + p0, m), vmax)), _mm256_castsi256_ps(m));
+        _mm256_maskstore_ps(sh + p0, m, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vsum);
+    float sum = 0;
+    for (int l = 0; l < 8; l++) sum += lanes[l];
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    for (int p0 = 0; p0 < np; p0 += 8) {
+        const __m256i m = mask8(np - p0);
+        _mm256_maskstore_ps(sh + p0, m, _mm256_mul_ps(_mm256_maskload_ps(sh + p0, m), inv));
+    }
+}
+
+/* o[h][0 .. 8W) = sum_p sc[h][p] V[p][0 .. 8W) for NC heads (rows of sc C apart, outputs D apart):
+ * NC x W accumulators (at most 3 x 4, with the V vector and the NC weights all 16 registers), each
+ * V vector loaded once for the NC heads. Every accumulator gets its FMAs in p order from zero, so a
+ * head's bits do not depend on NC. With one head, 8 accumulators, each FMA waited on the last. */
+T256 static INLINE void av_heads_avx2(const float *V, int KV, int np, const float *sc, int C, float *out, int D,
+                                      const int NC, const int W) {
+    __m256 o[3][4];
+#pragma GCC unroll 3
+    for (int h = 0; h < NC; h++)
+#pragma GCC unroll 4
+        for (int j = 0; j < W; j++) o[h][j] = _mm256_setzero_ps();
+    for (int p = 0; p < np; p++) {
+        const float *vp = V + (size_t)p * KV;
+        __m256 w[3];
+#pragma GCC unroll 3
+        for (int h = 0; h < NC; h++) w[h] = _mm256_broadcast_ss(sc + (size_t)h * C + p);
+#pragma GCC unroll 4
+        for (int j = 0; j < W; j++) {
+            const __m256 v = _mm256_loadu_ps(vp + 8 * j);
+#pragma GCC unroll 3
+            for (int h = 0; h < NC; h++) o[h][j] = _mm256_fmadd_ps(w[h], v, o[h][j]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int h = 0; h < NC; h++)
+#pragma GCC unroll 4
+        for (int j = 0; j < W; j++) _mm256_storeu_ps(out + (size_t)h * D + 8 * j, o[h][j]);
+}
+
+/* Query heads h0 .. h0 + nh - 1 of token t sharing a KV head, as attn_group: per head the same
+ * operations whatever nh is. Scores 8 positions at a time (each position's dot accumulates 8 lanes over
+ * d, then hsum8x8), with the 8 K rows kept in L1 for all nh heads. */
+T256 static void attn_group_avx2(const ia_attn *a, int t, int h0, int nh, float *sc) {
+    const int D = a->head_dim, nd = D / 8, KV = a->n_head_kv * D, group = a->n_head / a->n_head_kv, C = a->n_ctx;
+    const int np = a->pos[t] + 1;
+    const size_t base = ((size_t)a->slot[t] * a->n_layer + a->layer) * C * (size_t)KV + (size_t)(h0 / group) * D;
+    const float *K = a->k_cache + base, *V = a->v_cache + base;
+    const __m256 scale = _mm256_set1_ps(a->scale);
+    for (int p0 = 0; p0 < np; p0 += 8) {
+        const int n = np - p0 < 8 ? np - p0 : 8;
+        const float *kp[8];
+        for (int i = 0; i < 8; i++) kp[i] = K + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
+        for (int h = 0; h < nh; h++) {
+            const float *qh = a->q + (size_t)t * a->n_head * D + (size_t)(h0 + h) * D;
+            __m256 acc[8];
+            const __m256 q0 = _mm256_loadu_ps(qh);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) acc[i] = _mm256_mul_ps(q0, _mm256_loadu_ps(kp[i]));
+            for (int j = 1; j < nd; j++) {
+                const __m256 qv = _mm256_loadu_ps(qh + 8 * j);
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[i] + 8 * j), acc[i]);
+            }
+            _mm256_maskstore_ps(sc + (size_t)h * C + p0, mask8(n), _mm256_mul_ps(hsum8x8(acc), scale));
+        }
+    }
+    for (int h = 0; h < nh; h++) softmax_row_avx2(sc + (size_t)h * C, np);
+    /* V: up to 3 heads at a time, in slices of 4 vectors (32 dims) */
+    for (int c0 = 0; c0 < nh; c0 += 3) {
+        const int nc = nh - c0 < 3 ? nh - c0 : 3;
+        const float *s0 = sc + (size_t)c0 * C;
+        float *o0 = a->out + (size_t)t * a->n_head * D + (size_t)(h0 + c0) * D;
+        for (int j0 = 0; j0 < nd; j0 += 4) {
+            const int w = nd - j0 < 4 ? nd - j0 : 4;
+#define AV(NC, W) av_heads_avx2(V + 8 * j0, KV, np, s0, C, o0 + 8 * j0, D, NC, W)
+#define AV_W(NC) (w == 4 ? AV(NC, 4) : w == 3 ? AV(NC, 3) : w == 2 ? AV(NC, 2) : AV(NC, 1))
+            if (nc == 3) AV_W(3);
+            else if (nc == 2) AV_W(2);
+            else AV_W(1);
+#undef AV_W
+#undef AV
+        }
+    }
+}
+
+T256 static void attn_one_avx2(const ia_attn *a, int t, int h, float *sc) { attn_group_avx2(a, t, h, 1, sc); }
+
+/* lse_sum_avx512 for AVX2: 8 lanes of exp(x - mx) summed in double (two halves), then lane by lane. */
+T256 static double lse_sum_avx2(const float *x, int n, float mx) {
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (int i = 0; i < n; i += 8) {
+        const __m256i m = mask8(n - i);
+        const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), vm)), _mm256_castsi256_ps(m));
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double l[8];
+    _mm256_storeu_pd(l, s0);
+    _mm256_storeu_pd(l + 4, s1);
+    double s = 0;
+    for (int k = 0; k < 8; k++) s += l[k];
+    return s;
+}
+
+T256 static float max_avx2(const float *x, int n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    float l[8], r = -INFINITY;
+    _mm256_storeu_ps(l, m);
+    for (int k = 0; k < 8; k++) r = l[k] > r ? l[k] : r;
+    for (; i < n; i++) r = x[i] > r ? x[i] : r;
+    return r;
+}
 #endif
 
 double ia_logsumexp_ref(const float *x, int n) {
@@ -254,6 +415,11 @@ double ia_logsumexp(const float *x, int n) {
         const float mx = max_avx512(x, n);
         if (!isfinite(mx)) return ia_logsumexp_ref(x, n);
         return (double)mx + log(lse_sum_avx512(x, n, mx));
+    }
+    if (n > 0 && strcmp(ia_cpu_kernel_name(), "avx2") == 0) {
+        const float mx = max_avx2(x, n);
+        if (!isfinite(mx)) return ia_logsumexp_ref(x, n);
+        return (double)mx + log(lse_sum_avx2(x, n, mx));
     }
 #endif
     return ia_logsumexp_ref(x, n);
@@ -287,11 +453,16 @@ static float *sc_get(size_t n) {
     return b->p;
 }
 
+typedef void (*attn_group_fn)(const ia_attn *a, int t, int h0, int nh, float *sc);
+typedef void (*attn_pair_fn)(const ia_attn *a, int ta, int tb, int h0, int nh, float *sc);
+
 typedef struct grp_job {
     const ia_attn *a;
+    attn_group_fn group_fn;
+    attn_pair_fn pair_fn;   /* NULL: no pair kernel */
     _Atomic int next;
     int n_work, group, per; /* items: (token or token pair, KV head, head chunk of `per`) */
-    bool pairs;             /* items take tokens 2i and 2i + 1 (head dim 64) */
+    bool pairs;             /* items take tokens 2i and 2i + 1 (pair_fn, head dim 64) */
 } grp_job;
 
 static void grp_worker(void *ctx, int tid, int nth) {
@@ -307,34 +478,46 @@ static void grp_worker(void *ctx, int tid, int nth) {
         const int t0 = j->pairs ? 2 * i : i, t1 = !j->pairs ? i + 1 : 2 * i + 2 < a->n_tok ? 2 * i + 2 : a->n_tok;
         if (!sc) { /* out of memory for the group's scores: head by head in the caller's row (same bits) */
             for (int t = t0; t < t1; t++)
-                for (int h = h0; h < h0 + nh; h++) attn_one_avx512(a, t, h, a->scratch + (size_t)tid * a->n_ctx);
+                for (int h = h0; h < h0 + nh; h++) j->group_fn(a, t, h, 1, a->scratch + (size_t)tid * a->n_ctx);
         } else if (t1 - t0 == 2 && a->slot[t0] == a->slot[t0 + 1]) {
-            attn_pair_avx512(a, t0, t0 + 1, h0, nh, sc);
+            j->pair_fn(a, t0, t0 + 1, h0, nh, sc);
         } else {
-            for (int t = t0; t < t1; t++) attn_group_avx512(a, t, h0, nh, sc);
+            for (int t = t0; t < t1; t++) j->group_fn(a, t, h0, nh, sc);
         }
     }
+}
+
+/* A family's kernels over the pool: one token, or heads without grouping, a head per item (keeps both
+ * threads busy); else per (token or pair of tokens, KV head) item, the heads of the group together. */
+static void attn_run_grouped(const ia_attn *a, attn_one_fn one, attn_group_fn group_fn, attn_pair_fn pair_fn) {
+    const int group = a->n_head / a->n_head_kv;
+    if (a->n_tok == 1 || group == 1) {
+        attn_run(a, one);
+        return;
+    }
+    /* pairs from 8 tokens on: below, halving the items would leave a thread idle (same bits either way) */
+    grp_job j = {.a = a, .group_fn = group_fn, .pair_fn = pair_fn, .group = group, .per = group < 8 ? group : 8,
+                 .pairs = pair_fn && a->head_dim == 64 && a->n_tok >= 8};
+    j.n_work = (j.pairs ? (a->n_tok + 1) / 2 : a->n_tok) * a->n_head_kv * ((group + j.per - 1) / j.per);
+    atomic_init(&j.next, 0);
+    int nth = ia_pool_threads();
+    if (nth > j.n_work) nth = j.n_work;
+    if (nth > a->n_scratch) nth = a->n_scratch; /* the fallback uses a scratch row per thread */
+    if (nth < 1) nth = 1;
+    ia_pool_run(nth, grp_worker, &j);
 }
 #endif
 
 void ia_attention(const ia_attn *a) {
 #if defined(__x86_64__)
-    if (a->head_dim % 16 == 0 && a->head_dim <= 256 && strcmp(ia_cpu_kernel_name(), "avx512") == 0) {
+    const char *fam = ia_cpu_kernel_name();
+    if (a->head_dim % 16 == 0 && a->head_dim <= 256 && strcmp(fam, "avx512") == 0) {
         if (!atomic_load(&g_hperm_ready)) hperm_init();
-        const int group = a->n_head / a->n_head_kv;
-        if (a->n_tok == 1 || group == 1) { /* one token: a head per item keeps both threads busy */
-            attn_run(a, attn_one_avx512);
-            return;
-        }
-        /* pairs from 8 tokens on: below, halving the items would leave a thread idle (same bits either way) */
-        grp_job j = {.a = a, .group = group, .per = group < 8 ? group : 8, .pairs = a->head_dim == 64 && a->n_tok >= 8};
-        j.n_work = (j.pairs ? (a->n_tok + 1) / 2 : a->n_tok) * a->n_head_kv * ((group + j.per - 1) / j.per);
-        atomic_init(&j.next, 0);
-        int nth = ia_pool_threads();
-        if (nth > j.n_work) nth = j.n_work;
-        if (nth > a->n_scratch) nth = a->n_scratch; /* the fallback uses a scratch row per thread */
-        if (nth < 1) nth = 1;
-        ia_pool_run(nth, grp_worker, &j);
+        attn_run_grouped(a, attn_one_avx512, attn_group_avx512, attn_pair_avx512);
+        return;
+    }
+    if (a->head_dim % 8 == 0 && strcmp(fam, "avx2") == 0) {
+        attn_run_grouped(a, attn_one_avx2, attn_group_avx2, NULL);
         return;
     }
 #endif

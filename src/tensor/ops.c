@@ -1,4 +1,4 @@
-/* ops.c — element-wise steps of the forward pass: SwiGLU (the plain reference and AVX-512). */
+/* ops.c — element-wise steps of the forward pass: SwiGLU (the plain reference, AVX-512 and AVX2). */
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -8,6 +8,7 @@
 #include "simd.h"
 
 #include <math.h>
+#include <string.h>
 
 void ia_swiglu_ref(float *g, const float *u, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -22,12 +23,29 @@ __attribute__((target("avx512f"))) static void swiglu_avx512(float *g, const flo
         _mm512_mask_storeu_ps(g + i, m, ia_swiglu512(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
     }
 }
+
+__attribute__((target("avx2,fma"))) static void swiglu_avx2(float *g, const float *u, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, ia_swiglu256(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    if (i < n) { /* the tail through a zero-padded vector (the same arithmetic lane by lane) */
+        float gb[8] = {0}, ub[8] = {0};
+        const size_t m = n - i;
+        memcpy(gb, g + i, m * sizeof(float));
+        memcpy(ub, u + i, m * sizeof(float));
+        _mm256_storeu_ps(gb, ia_swiglu256(_mm256_loadu_ps(gb), _mm256_loadu_ps(ub)));
+        memcpy(g + i, gb, m * sizeof(float));
+    }
+}
 #endif
 
 void ia_swiglu(float *g, const float *u, size_t n) {
 #if defined(__x86_64__)
     if (strcmp(ia_cpu_kernel_name(), "avx512") == 0) {
         swiglu_avx512(g, u, n);
+        return;
+    }
+    if (strcmp(ia_cpu_kernel_name(), "avx2") == 0) {
+        swiglu_avx2(g, u, n);
         return;
     }
 #endif

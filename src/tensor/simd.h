@@ -1,6 +1,6 @@
 /* simd.h — small numeric helpers shared by the tensor kernels, the forward pass and the trainer: the
  * plain eight-way dot product of the reference attention, rmsnorm's sum of squares, and a vectorised
- * exp (and SwiGLU) for AVX-512. */
+ * exp (and SwiGLU) for AVX-512 and AVX2. */
 #ifndef IA_TENSOR_SIMD_H
 #define IA_TENSOR_SIMD_H
 
@@ -60,6 +60,36 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 ia_exp512
 __attribute__((target("avx512f"), always_inline)) static inline __m512 ia_swiglu512(__m512 g, __m512 u) {
     const __m512 e = ia_exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
     return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
+}
+
+/* ia_exp512 for AVX2 (no scalef): the same clamp and polynomial, 2^n applied as two exact power-of-two
+ * factors 2^(n>>1) 2^(n-(n>>1)), each a normal number for every n of the clamped range. */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 ia_exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-103.9f));
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.8f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 r2 = _mm256_mul_ps(r, r);
+    p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* ia_swiglu512 for AVX2. */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 ia_swiglu256(__m256 g, __m256 u) {
+    const __m256 e = ia_exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
 }
 #endif
 
