@@ -276,46 +276,59 @@ static double rel_diff(const float *a, const float *b, size_t n) {
     return md / (mb + 1e-30);
 }
 
-/* tr_gemm (AVX-512 where the CPU has it) against tr_gemm_ref in every access pattern the trainer
- * uses, at sizes that exercise every row and column tail and the K blocking. The AVX-512 kernel
- * fuses each multiply-add (one rounding) where the float reference rounds twice, so they agree to a
- * tolerance; the kernel must also give the same bits however the work is split (chains in k). */
+/* tr_gemm of each kernel family the CPU has (scalar: the reference itself) against tr_gemm_ref in
+ * every access pattern the trainer uses, at sizes that exercise every row and column tail and the K
+ * blocking. The AVX-512 and AVX2 kernels fuse each multiply-add (one rounding) where the float
+ * reference rounds twice, so they agree to a tolerance; each must also give the same bits however the
+ * work is split (chains in k), and the two give the same bits as each other (the same chains). */
 static void test_gemm_vs_ref(void **st) {
     (void)st;
     ia_rng r;
     ia_rng_seed(&r, 11);
+    static const char *const fams[] = {"scalar", "avx2", "avx512"};
     const int dims[][3] = {{1, 1, 1}, {7, 13, 5}, {6, 64, 128}, {13, 100, 300}, {33, 200, 129}, {5, 8, 576}, {3, 300, 40}};
     for (size_t d = 0; d < sizeof dims / sizeof *dims; d++) {
         const int M = dims[d][0], N = dims[d][1], K = dims[d][2];
-        float *A = falloc((size_t)M * K), *B = falloc((size_t)K * (N + 3)), *C0 = falloc((size_t)M * (N + 5));
-        float *C1 = falloc((size_t)M * (N + 5)), *C2 = falloc((size_t)M * (N + 5));
-        fill(A, (size_t)M * K, &r, 1); fill(B, (size_t)K * (N + 3), &r, 1); fill(C0, (size_t)M * (N + 5), &r, 1);
+        const size_t nc = (size_t)M * (N + 5);
+        float *A = falloc((size_t)M * K), *B = falloc((size_t)K * (N + 3)), *C0 = falloc(nc);
+        float *C1 = falloc(nc), *C2 = falloc(nc), *Cf[3] = {falloc(nc), falloc(nc), falloc(nc)};
+        fill(A, (size_t)M * K, &r, 1); fill(B, (size_t)K * (N + 3), &r, 1); fill(C0, nc, &r, 1);
         for (int tr = 0; tr < 2; tr++)       /* A row-major, or stored transposed */
             for (int acc = 0; acc < 2; acc++) {
                 ptrdiff_t ars = tr ? 1 : K, acs = tr ? M : 1;
-                memcpy(C1, C0, (size_t)M * (N + 5) * sizeof(float));
-                memcpy(C2, C0, (size_t)M * (N + 5) * sizeof(float));
-                tr_gemm(M, N, K, A, ars, acs, B, N + 3, C1, N + 5, acc);
-                tr_gemm_ref(M, N, K, A, ars, acs, B, N + 3, C2, N + 5, acc);
-                double e = rel_diff(C1, C2, (size_t)M * (N + 5));
-                assert_true(e < 1e-5);
-                for (int m = 0; m < M; m++) /* the padding columns are never written */
-                    for (int n = N; n < N + 5; n++) assert_true(C1[(size_t)m * (N + 5) + n] == C0[(size_t)m * (N + 5) + n]);
-                /* split in rows, columns and k: the same bits */
-                memcpy(C2, C0, (size_t)M * (N + 5) * sizeof(float));
-                int m1 = M / 2, n1 = N / 3, k1 = K > TR_GEMM_KB ? TR_GEMM_KB : 0; /* K splits at a block edge */
-                for (int part = 0; part < 2; part++) {
-                    int ka = part ? k1 : 0, kb = part ? K : k1;
-                    bool ac = acc || part;
-                    const float *Ak = A + ka * acs, *Bk = B + (size_t)ka * (N + 3);
-                    tr_gemm(m1, n1, kb - ka, Ak, ars, acs, Bk, N + 3, C2, N + 5, ac);
-                    tr_gemm(m1, N - n1, kb - ka, Ak, ars, acs, Bk + n1, N + 3, C2 + n1, N + 5, ac);
-                    tr_gemm(M - m1, N, kb - ka, Ak + m1 * ars, ars, acs, Bk, N + 3, C2 + (size_t)m1 * (N + 5), N + 5, ac);
+                bool had[3] = {false, false, false};
+                for (int f = 0; f < 3; f++) {
+                    if (!ia_kernel_force(fams[f])) continue;
+                    had[f] = true;
+                    memcpy(C1, C0, nc * sizeof(float));
+                    memcpy(C2, C0, nc * sizeof(float));
+                    tr_gemm(M, N, K, A, ars, acs, B, N + 3, C1, N + 5, acc);
+                    tr_gemm_ref(M, N, K, A, ars, acs, B, N + 3, C2, N + 5, acc);
+                    double e = rel_diff(C1, C2, nc);
+                    if (!(e < 1e-5)) fail_msg("%s gemm %dx%dx%d: rel diff %g", fams[f], M, N, K, e);
+                    for (int m = 0; m < M; m++) /* the padding columns are never written */
+                        for (int n = N; n < N + 5; n++) assert_true(C1[(size_t)m * (N + 5) + n] == C0[(size_t)m * (N + 5) + n]);
+                    memcpy(Cf[f], C1, nc * sizeof(float));
+                    /* split in rows, columns and k: the same bits */
+                    memcpy(C2, C0, nc * sizeof(float));
+                    int m1 = M / 2, n1 = N / 3, k1 = K > TR_GEMM_KB ? TR_GEMM_KB : 0; /* K splits at a block edge */
+                    for (int part = 0; part < 2; part++) {
+                        int ka = part ? k1 : 0, kb = part ? K : k1;
+                        bool ac = acc || part;
+                        const float *Ak = A + ka * acs, *Bk = B + (size_t)ka * (N + 3);
+                        tr_gemm(m1, n1, kb - ka, Ak, ars, acs, Bk, N + 3, C2, N + 5, ac);
+                        tr_gemm(m1, N - n1, kb - ka, Ak, ars, acs, Bk + n1, N + 3, C2 + n1, N + 5, ac);
+                        tr_gemm(M - m1, N, kb - ka, Ak + m1 * ars, ars, acs, Bk, N + 3, C2 + (size_t)m1 * (N + 5), N + 5, ac);
+                    }
+                    assert_memory_equal(C1, C2, nc * sizeof(float));
                 }
-                assert_memory_equal(C1, C2, (size_t)M * (N + 5) * sizeof(float));
+                if (had[1] && had[2] && memcmp(Cf[1], Cf[2], nc * sizeof(float)) != 0)
+                    fail_msg("gemm %dx%dx%d: avx2 and avx512 bits differ", M, N, K);
             }
-        print_message("# gemm %dx%dx%d (%s): ok\n", M, N, K, tr_kern_avx512() ? "avx512" : "reference");
+        ia_kernel_force(NULL);
+        print_message("# gemm %dx%dx%d: ok\n", M, N, K);
         ia_free(A); ia_free(B); ia_free(C0); ia_free(C1); ia_free(C2);
+        for (int f = 0; f < 3; f++) ia_free(Cf[f]);
     }
 }
 

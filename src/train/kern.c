@@ -1,5 +1,5 @@
-/* kern.c — the trainer's kernels: plain C references, AVX-512 versions (run-time dispatch), and the
- * parallel loops over the tensor thread pool. See kern.h for the contracts. */
+/* kern.c — the trainer's kernels: plain C references, AVX-512 versions and an AVX2 GEMM (run-time
+ * dispatch), and the parallel loops over the tensor thread pool. See kern.h for the contracts. */
 #include "train/kern.h"
 
 #include <math.h>
@@ -553,6 +553,104 @@ TB static void pack_bf16_rows_avx512(uint32_t *P, int ldp, const float *W, ptrdi
         }
     }
 }
+
+/* ---- AVX2 gemm: the AVX-512 tile's shape at 8 lanes, 6 rows x 16 columns in 12 registers (with two
+ * B vectors and a broadcast of A, 15 of the 16). The same chains (one fused multiply-add per k from
+ * zero in each K block, then C + the block sum) as gemm_avx512: the same bits. ---- */
+#define T256 __attribute__((target("avx2,fma")))
+#define G2_NV 2
+
+/* the first l lanes (none for l <= 0, all for l >= 8), as a maskload/maskstore mask */
+T256 static INLINE __m256i tail_mask8(int l) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* masked: the last column tile (lanes of mk only); else all 8 NV lanes, plain loads and stores */
+T256 static INLINE void gemm_tile_avx2(const int mr, const int nv, const bool masked, int K, const float *A,
+                                       ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb, float *C,
+                                       ptrdiff_t ldc, const __m256i *mk, bool acc) {
+    __m256 c[G_MR][G2_NV];
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) c[m][v] = _mm256_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m256 b[G2_NV];
+        const float *bk = B + k * ldb;
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) b[v] = masked ? _mm256_maskload_ps(bk + 8 * v, mk[v]) : _mm256_loadu_ps(bk + 8 * v);
+        const float *ak = A + k * acs;
+#pragma GCC unroll 6
+        for (int m = 0; m < mr; m++) {
+            const __m256 a = _mm256_broadcast_ss(ak + m * ars);
+#pragma GCC unroll 2
+            for (int v = 0; v < nv; v++) c[m][v] = _mm256_fmadd_ps(a, b[v], c[m][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) {
+            float *cp = C + m * ldc + 8 * v;
+            __m256 r = c[m][v];
+            if (acc) r = _mm256_add_ps(masked ? _mm256_maskload_ps(cp, mk[v]) : _mm256_loadu_ps(cp), r);
+            if (masked) _mm256_maskstore_ps(cp, mk[v], r);
+            else _mm256_storeu_ps(cp, r);
+        }
+}
+
+#define TILE2_CASE(MR_, NV_, MASKED_)                                                                      \
+    case (MR_) * 8 + (NV_):                                                                                \
+        gemm_tile_avx2(MR_, NV_, MASKED_, K, A, ars, acs, B, ldb, C, ldc, mk, acc);                        \
+        break;
+#define TILE2_ROWS(NV_, MASKED_)                                                                           \
+    TILE2_CASE(1, NV_, MASKED_) TILE2_CASE(2, NV_, MASKED_) TILE2_CASE(3, NV_, MASKED_)                    \
+    TILE2_CASE(4, NV_, MASKED_) TILE2_CASE(5, NV_, MASKED_) TILE2_CASE(6, NV_, MASKED_)
+
+T256 static void gemm_tile_any_avx2(int mr, int nv, bool masked, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs,
+                                    const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __m256i *mk,
+                                    bool acc) {
+    if (!masked) { /* a full 16-column tile */
+        switch (mr * 8 + 2) {
+            TILE2_ROWS(2, false)
+        default: break;
+        }
+        return;
+    }
+    switch (mr * 8 + nv) {
+        TILE2_ROWS(1, true) TILE2_ROWS(2, true)
+    default: break;
+    }
+}
+
+T256 static void gemm_avx2(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B,
+                           ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!acc)
+            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    for (int k0 = 0; k0 < K; k0 += G_KB) {
+        const int kb = K - k0 < G_KB ? K - k0 : G_KB;
+        const bool a2 = acc || k0 > 0;
+        for (int n0 = 0; n0 < N; n0 += 8 * G2_NV) {
+            const int w = N - n0 < 8 * G2_NV ? N - n0 : 8 * G2_NV;
+            const int nv = (w + 7) / 8;
+            const bool masked = w < 8 * G2_NV;
+            __m256i mk[G2_NV];
+            for (int v = 0; v < G2_NV; v++) mk[v] = tail_mask8(w - 8 * v);
+            const float *Bp = B + k0 * ldb + n0;
+            const float *Ap = A + k0 * acs;
+            int m0 = 0;
+            for (; m0 + G_MR <= M; m0 += G_MR)
+                gemm_tile_any_avx2(G_MR, nv, masked, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
+            if (m0 < M)
+                gemm_tile_any_avx2(M - m0, nv, masked, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc,
+                                   mk, a2);
+        }
+    }
+}
 #endif /* x86-64 */
 
 /* ==== dispatch ================================================================================ */
@@ -580,8 +678,22 @@ bool tr_kern_avx512(void) {
 #endif
 }
 
+bool tr_kern_avx2(void) {
+#ifdef TR_AVX512
+    return strcmp(ia_cpu_kernel_name(), "avx2") == 0;
+#else
+    return false;
+#endif
+}
+
 void tr_gemm(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb,
              float *C, ptrdiff_t ldc, bool acc) {
+#ifdef TR_AVX512
+    if (tr_kern_avx2()) {
+        gemm_avx2(M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
+        return;
+    }
+#endif
     TR_DISPATCH(tr_kern_avx512(), gemm_avx512, tr_gemm_ref, M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
 }
 

@@ -107,7 +107,9 @@ void tr_swiglu_fwd_ref(float *h, const float *g, const float *u, size_t n);
 void tr_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 void tr_swiglu_bwd_ref(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 
-/* true when the AVX-512 kernels are in use */
+/* true when the AVX-512 kernels are in use; tr_kern_avx2: the AVX2 GEMM (the other kernels: the
+ * references, vectorised for AVX2 by the compiler) */
 bool tr_kern_avx512(void);
+bool tr_kern_avx2(void);
 
 #endif /* IA_TRAIN_KERN_H */
