@@ -483,9 +483,9 @@ static void test_pack_bf16_vs_ref(void **st) {
     }
 }
 
-/* The vectorised row kernels (exp polynomial: within a few ulp of expf) against the references. */
-static void test_row_kernels_vs_ref(void **st) {
-    (void)st;
+/* The vectorised row kernels of each family the CPU has (exp polynomial: within a few ulp of expf)
+ * against the references. */
+static void row_kernels_case(void) {
     ia_rng r;
     ia_rng_seed(&r, 12);
     const int nk = 45;
@@ -527,6 +527,17 @@ static void test_row_kernels_vs_ref(void **st) {
     assert_true(rel_diff(dg1, dg2, V) < 1e-6);
     assert_true(rel_diff(du1, du2, V) < 1e-6);
     ia_free(x); ia_free(o1); ia_free(o2); ia_free(u); ia_free(dh); ia_free(dg1); ia_free(dg2); ia_free(du1); ia_free(du2);
+}
+
+static void test_row_kernels_vs_ref(void **st) {
+    (void)st;
+    static const char *const fams[] = {"scalar", "avx2", "avx512"};
+    for (int f = 0; f < 3; f++) {
+        if (!ia_kernel_force(fams[f])) continue;
+        row_kernels_case();
+        print_message("# row kernels (%s): ok\n", fams[f]);
+    }
+    ia_kernel_force(NULL);
 }
 
 /* The blocked attention (tr_gemm + row kernels) against the per-(t, h) reference: forward outputs,

@@ -1,5 +1,5 @@
-/* kern.c — the trainer's kernels: plain C references, AVX-512 versions and an AVX2 GEMM (run-time
- * dispatch), and the parallel loops over the tensor thread pool. See kern.h for the contracts. */
+/* kern.c — the trainer's kernels: plain C references, AVX-512 and AVX2 versions (run-time dispatch),
+ * and the parallel loops over the tensor thread pool. See kern.h for the contracts. */
 #include "train/kern.h"
 
 #include <math.h>
@@ -651,6 +651,95 @@ T256 static void gemm_avx2(int M, int N, int K, const float *A, ptrdiff_t ars, p
         }
     }
 }
+
+/* The row kernels at 8 lanes: the AVX-512 versions' operations with ia_exp256, lanes past the end
+ * masked (maskload reads zeros there). */
+T256 static float softmax_row_avx2(float *s, int nv, int nk, float scale, float *mx_scaled) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 mxv = ninf;
+    for (int j = 0; j < nv; j += 8) {
+        const __m256i m = tail_mask8(nv - j);
+        mxv = _mm256_max_ps(mxv, _mm256_blendv_ps(ninf, _mm256_maskload_ps(s + j, m), _mm256_castsi256_ps(m)));
+    }
+    float l[8], mx = -INFINITY;
+    _mm256_storeu_ps(l, mxv);
+    for (int i = 0; i < 8; i++) mx = l[i] > mx ? l[i] : mx;
+    const float ms = mx * scale;
+    const __m256 sc = _mm256_set1_ps(scale), msv = _mm256_set1_ps(ms);
+    __m256 sum = _mm256_setzero_ps();
+    int j = 0;
+    for (; j < nv; j += 8) {
+        const __m256i m = tail_mask8(nv - j);
+        const __m256 e = _mm256_and_ps(ia_exp256(_mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(s + j, m), sc), msv)),
+                                       _mm256_castsi256_ps(m));
+        sum = _mm256_add_ps(sum, e);
+        _mm256_maskstore_ps(s + j, tail_mask8(nk - j), e); /* lanes past nv (and before nk) get 0 */
+    }
+    for (; j < nk; j += 8) _mm256_maskstore_ps(s + j, tail_mask8(nk - j), _mm256_setzero_ps());
+    *mx_scaled = ms;
+    _mm256_storeu_ps(l, sum);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+T256 static void attn_bwd_row_avx2(float *s, float *dp, int nv, int nk, float scale, float lse, float delta) {
+    const __m256 sc = _mm256_set1_ps(scale), l = _mm256_set1_ps(lse), d = _mm256_set1_ps(delta);
+    int j = 0;
+    for (; j < nv; j += 8) {
+        const __m256i m = tail_mask8(nv - j), mw = tail_mask8(nk - j);
+        const __m256 p = _mm256_and_ps(ia_exp256(_mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(s + j, m), sc), l)),
+                                       _mm256_castsi256_ps(m));
+        const __m256 g = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_sub_ps(_mm256_maskload_ps(dp + j, m), d)), sc);
+        _mm256_maskstore_ps(s + j, mw, p);
+        _mm256_maskstore_ps(dp + j, mw, g);
+    }
+    for (; j < nk; j += 8) {
+        _mm256_maskstore_ps(s + j, tail_mask8(nk - j), _mm256_setzero_ps());
+        _mm256_maskstore_ps(dp + j, tail_mask8(nk - j), _mm256_setzero_ps());
+    }
+}
+
+T256 static double sum_exp_avx2(const float *x, int n, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (int i = 0; i < n; i += 8) {
+        const __m256i k = tail_mask8(n - i);
+        const __m256 e = _mm256_and_ps(ia_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), m)), _mm256_castsi256_ps(k));
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double l[4];
+    _mm256_storeu_pd(l, _mm256_add_pd(s0, s1));
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+T256 static void scaled_exp_avx2(float *out, const float *x, int n, float sub, float g) {
+    const __m256 s = _mm256_set1_ps(sub), gv = _mm256_set1_ps(g);
+    for (int i = 0; i < n; i += 8) {
+        const __m256i k = tail_mask8(n - i);
+        _mm256_maskstore_ps(out + i, k, _mm256_mul_ps(gv, ia_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), s))));
+    }
+}
+
+T256 static void swiglu_fwd_avx2(float *h, const float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i += 8) {
+        const __m256i k = tail_mask8((int)(n - i < 8 ? n - i : 8));
+        _mm256_maskstore_ps(h + i, k, ia_swiglu256(_mm256_maskload_ps(g + i, k), _mm256_maskload_ps(u + i, k)));
+    }
+}
+
+T256 static void swiglu_bwd_avx2(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 8) {
+        const __m256i k = tail_mask8((int)(n - i < 8 ? n - i : 8));
+        const __m256 gv = _mm256_maskload_ps(g + i, k), hv = _mm256_maskload_ps(dh + i, k);
+        const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, ia_exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+        const __m256 a = _mm256_mul_ps(_mm256_mul_ps(hv, gv), sg);
+        const __m256 b = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(hv, _mm256_maskload_ps(u + i, k)), sg),
+                                       _mm256_add_ps(one, _mm256_mul_ps(gv, _mm256_sub_ps(one, sg))));
+        _mm256_maskstore_ps(du + i, k, _mm256_add_ps(_mm256_maskload_ps(du + i, k), a));
+        _mm256_maskstore_ps(dg + i, k, _mm256_add_ps(_mm256_maskload_ps(dg + i, k), b));
+    }
+}
 #endif /* x86-64 */
 
 /* ==== dispatch ================================================================================ */
@@ -663,9 +752,20 @@ T256 static void gemm_avx2(int M, int N, int K, const float *A, ptrdiff_t ars, p
         else ref(__VA_ARGS__);                                                                             \
     } while (0)
 #define TR_DISPATCH_RET(ok, fast, ref, ...) return (ok) ? fast(__VA_ARGS__) : ref(__VA_ARGS__)
+/* the AVX-512 kernel, else the AVX2 one, else the reference */
+#define TR_DISPATCH2(f512, f256, ref, ...)                                                                 \
+    do {                                                                                                   \
+        if (tr_kern_avx512()) f512(__VA_ARGS__);                                                           \
+        else if (tr_kern_avx2()) f256(__VA_ARGS__);                                                        \
+        else ref(__VA_ARGS__);                                                                             \
+    } while (0)
+#define TR_DISPATCH2_RET(f512, f256, ref, ...)                                                             \
+    return tr_kern_avx512() ? f512(__VA_ARGS__) : tr_kern_avx2() ? f256(__VA_ARGS__) : ref(__VA_ARGS__)
 #else
 #define TR_DISPATCH(ok, fast, ref, ...) ref(__VA_ARGS__)
 #define TR_DISPATCH_RET(ok, fast, ref, ...) return ref(__VA_ARGS__)
+#define TR_DISPATCH2(f512, f256, ref, ...) ref(__VA_ARGS__)
+#define TR_DISPATCH2_RET(f512, f256, ref, ...) return ref(__VA_ARGS__)
 #endif
 
 bool tr_kern_avx512(void) {
@@ -688,13 +788,7 @@ bool tr_kern_avx2(void) {
 
 void tr_gemm(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb,
              float *C, ptrdiff_t ldc, bool acc) {
-#ifdef TR_AVX512
-    if (tr_kern_avx2()) {
-        gemm_avx2(M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
-        return;
-    }
-#endif
-    TR_DISPATCH(tr_kern_avx512(), gemm_avx512, tr_gemm_ref, M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
+    TR_DISPATCH2(gemm_avx512, gemm_avx2, tr_gemm_ref, M, N, K, A, ars, acs, B, ldb, C, ldc, acc);
 }
 
 bool tr_kern_bf16(void) {
@@ -723,27 +817,27 @@ void tr_pack_bf16_rows(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int 
 }
 
 float tr_softmax_row(float *s, int nv, int nk, float scale, float *mx_scaled) {
-    TR_DISPATCH_RET(tr_kern_avx512(), softmax_row_avx512, tr_softmax_row_ref, s, nv, nk, scale, mx_scaled);
+    TR_DISPATCH2_RET(softmax_row_avx512, softmax_row_avx2, tr_softmax_row_ref, s, nv, nk, scale, mx_scaled);
 }
 
 void tr_attn_bwd_row(float *s, float *dp, int nv, int nk, float scale, float lse, float delta) {
-    TR_DISPATCH(tr_kern_avx512(), attn_bwd_row_avx512, tr_attn_bwd_row_ref, s, dp, nv, nk, scale, lse, delta);
+    TR_DISPATCH2(attn_bwd_row_avx512, attn_bwd_row_avx2, tr_attn_bwd_row_ref, s, dp, nv, nk, scale, lse, delta);
 }
 
 double tr_sum_exp(const float *x, int n, float mx) {
-    TR_DISPATCH_RET(tr_kern_avx512(), sum_exp_avx512, tr_sum_exp_ref, x, n, mx);
+    TR_DISPATCH2_RET(sum_exp_avx512, sum_exp_avx2, tr_sum_exp_ref, x, n, mx);
 }
 
 void tr_scaled_exp(float *out, const float *x, int n, float sub, float g) {
-    TR_DISPATCH(tr_kern_avx512(), scaled_exp_avx512, tr_scaled_exp_ref, out, x, n, sub, g);
+    TR_DISPATCH2(scaled_exp_avx512, scaled_exp_avx2, tr_scaled_exp_ref, out, x, n, sub, g);
 }
 
 void tr_swiglu_fwd(float *h, const float *g, const float *u, size_t n) {
-    TR_DISPATCH(tr_kern_avx512(), swiglu_fwd_avx512, tr_swiglu_fwd_ref, h, g, u, n);
+    TR_DISPATCH2(swiglu_fwd_avx512, swiglu_fwd_avx2, tr_swiglu_fwd_ref, h, g, u, n);
 }
 
 void tr_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
-    TR_DISPATCH(tr_kern_avx512(), swiglu_bwd_avx512, tr_swiglu_bwd_ref, dg, du, dh, g, u, n);
+    TR_DISPATCH2(swiglu_bwd_avx512, swiglu_bwd_avx2, tr_swiglu_bwd_ref, dg, du, dh, g, u, n);
 }
 
 void tr_pack_t(float *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
