@@ -1197,7 +1197,7 @@ static void test_swiglu(void **state) {
         for (int n = N - 9; n <= N; n += 9) {
             memcpy(g, g0, sizeof g0);
             g[n] = 12345.0f;
-            ia_swiglu(g, u, (size_t)n);
+            ia_swiglu(g, g, u, (size_t)n);
             if (g[n] != 12345.0f) fail_msg("%s swiglu(n = %d) wrote past n", kernels[k], n);
             for (int i = 0; i < n; i++) {
                 const double x = g0[i], e = x / (1.0 + exp(-x)) * u[i];

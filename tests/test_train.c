@@ -509,19 +509,14 @@ static void row_kernels_case(void) {
     enum { V = 1000 };
     float *x = falloc(V), *o1 = falloc(V), *o2 = falloc(V);
     fill(x, V, &r, 20); /* exp down to about -120: underflow handled */
-    double a = tr_sum_exp(x, V, 30.0f), b = tr_sum_exp_ref(x, V, 30.0f);
-    assert_true(fabs(a - b) <= 1e-6 * b);
     tr_scaled_exp(o1, x, V, 30.0f, 0.5f);
     tr_scaled_exp_ref(o2, x, V, 30.0f, 0.5f);
     assert_true(rel_diff(o1, o2, V) < 1e-6);
     for (int i = 0; i < V; i++) assert_true(fabsf(o1[i] - o2[i]) <= 1e-6f * o2[i] + 1e-37f);
-    /* SwiGLU, forward and backward (g over +-40: saturated sigmoids included) */
+    /* SwiGLU backward (g over +-40: saturated sigmoids included; the forward is ia_swiglu, test_tensor) */
     float *u = falloc(V), *dh = falloc(V), *dg1 = falloc(V), *dg2 = falloc(V), *du1 = falloc(V), *du2 = falloc(V);
     fill(x, V, &r, 8); fill(u, V, &r, 1); fill(dh, V, &r, 1); fill(dg1, V, &r, 1); fill(du1, V, &r, 1);
     memcpy(dg2, dg1, V * sizeof(float)); memcpy(du2, du1, V * sizeof(float));
-    tr_swiglu_fwd(o1, x, u, V - 3);
-    tr_swiglu_fwd_ref(o2, x, u, V - 3);
-    assert_true(rel_diff(o1, o2, V - 3) < 1e-6);
     tr_swiglu_bwd(dg1, du1, dh, x, u, V - 3);
     tr_swiglu_bwd_ref(dg2, du2, dh, x, u, V - 3);
     assert_true(rel_diff(dg1, dg2, V) < 1e-6);

@@ -227,7 +227,7 @@ typedef struct swiglu_job {
     size_t n;
 } swiglu_job;
 
-static void swiglu_range(float *g, const float *u, size_t i0, size_t i1) { ia_swiglu(g + i0, u + i0, i1 - i0); }
+static void swiglu_range(float *g, const float *u, size_t i0, size_t i1) { ia_swiglu(g + i0, g + i0, u + i0, i1 - i0); }
 
 static void swiglu_worker(void *ctx, int tid, int nth) {
     swiglu_job *j = ctx;

@@ -1,4 +1,5 @@
-/* ops.c — element-wise steps of the forward pass: SwiGLU (the plain reference, AVX-512 and AVX2). */
+/* ops.c — element-wise steps of the forward passes (inference and training): SwiGLU (the plain
+ * reference, AVX-512 and AVX2). */
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -10,44 +11,44 @@
 #include <math.h>
 #include <string.h>
 
-void ia_swiglu_ref(float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+void ia_swiglu_ref(float *h, const float *g, const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) static void swiglu_avx512(float *g, const float *u, size_t n) {
+__attribute__((target("avx512f"))) static void swiglu_avx512(float *h, const float *g, const float *u, size_t n) {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(g + i, ia_swiglu512(_mm512_loadu_ps(g + i), _mm512_loadu_ps(u + i)));
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(h + i, ia_swiglu512(_mm512_loadu_ps(g + i), _mm512_loadu_ps(u + i)));
     if (i < n) {
         const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-        _mm512_mask_storeu_ps(g + i, m, ia_swiglu512(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
+        _mm512_mask_storeu_ps(h + i, m, ia_swiglu512(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
     }
 }
 
-__attribute__((target("avx2,fma"))) static void swiglu_avx2(float *g, const float *u, size_t n) {
+__attribute__((target("avx2,fma"))) static void swiglu_avx2(float *h, const float *g, const float *u, size_t n) {
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, ia_swiglu256(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(h + i, ia_swiglu256(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
     if (i < n) { /* the tail through a zero-padded vector (the same arithmetic lane by lane) */
         float gb[8] = {0}, ub[8] = {0};
         const size_t m = n - i;
         memcpy(gb, g + i, m * sizeof(float));
         memcpy(ub, u + i, m * sizeof(float));
         _mm256_storeu_ps(gb, ia_swiglu256(_mm256_loadu_ps(gb), _mm256_loadu_ps(ub)));
-        memcpy(g + i, gb, m * sizeof(float));
+        memcpy(h + i, gb, m * sizeof(float));
     }
 }
 #endif
 
-void ia_swiglu(float *g, const float *u, size_t n) {
+void ia_swiglu(float *h, const float *g, const float *u, size_t n) {
 #if defined(__x86_64__)
     if (strcmp(ia_cpu_kernel_name(), "avx512") == 0) {
-        swiglu_avx512(g, u, n);
+        swiglu_avx512(h, g, u, n);
         return;
     }
     if (strcmp(ia_cpu_kernel_name(), "avx2") == 0) {
-        swiglu_avx2(g, u, n);
+        swiglu_avx2(h, g, u, n);
         return;
     }
 #endif
-    ia_swiglu_ref(g, u, n);
+    ia_swiglu_ref(h, g, u, n);
 }

@@ -164,9 +164,10 @@ void ia_attention_ref(const ia_attn *a);
 double ia_logsumexp(const float *x, int n);
 double ia_logsumexp_ref(const float *x, int n);
 
-/* g[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u over n values: with a vectorised exp (within 2 ulp
- * of expf) on AVX-512; the reference: expf in a plain loop. */
-void ia_swiglu(float *g, const float *u, size_t n);
-void ia_swiglu_ref(float *g, const float *u, size_t n);
+/* h[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u over n values (h may be g): with a vectorised exp
+ * (within 2 ulp of expf) on AVX-512 and AVX2; the reference: expf in a plain loop. The inference and
+ * the training forward passes share it. */
+void ia_swiglu(float *h, const float *g, const float *u, size_t n);
+void ia_swiglu_ref(float *h, const float *g, const float *u, size_t n);
 
 #endif /* IA_TENSOR_H */

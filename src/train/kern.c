@@ -187,18 +187,8 @@ void tr_attn_bwd_row_ref(float *s, float *dp, int nv, int nk, float scale, float
     for (int j = nv; j < nk; j++) s[j] = dp[j] = 0.0f;
 }
 
-double tr_sum_exp_ref(const float *x, int n, float mx) {
-    double s = 0;
-    for (int i = 0; i < n; i++) s += expf(x[i] - mx);
-    return s;
-}
-
 void tr_scaled_exp_ref(float *out, const float *x, int n, float sub, float g) {
     for (int i = 0; i < n; i++) out[i] = g * expf(x[i] - sub);
-}
-
-void tr_swiglu_fwd_ref(float *h, const float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 void tr_swiglu_bwd_ref(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
@@ -233,6 +223,36 @@ TR_CLONES void tr_add(float *restrict y, const float *restrict x, int n) {
 #define G_MR 6
 #define G_NV 4
 #define G_KB TR_GEMM_KB
+
+/* The loops every GEMM kernel shares: K in blocks of G_KB (each block's sums start from zero and are
+ * then added to C, in order), columns in tiles of nw, rows in tiles of G_MR; tile(args, m0, mr, n0, w,
+ * k0, kb, acc) computes one. Inlined into each kernel with its tile, so the call is direct. */
+typedef void (*gemm_tile_fn)(const void *args, int m0, int mr, int n0, int w, int k0, int kb, bool acc);
+
+static inline __attribute__((always_inline)) void gemm_blocked(int M, int N, int K, float *C, ptrdiff_t ldc, bool acc,
+                                                               const int nw, const void *args, gemm_tile_fn tile) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!acc)
+            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    for (int k0 = 0; k0 < K; k0 += G_KB) {
+        const int kb = K - k0 < G_KB ? K - k0 : G_KB;
+        for (int n0 = 0; n0 < N; n0 += nw) {
+            const int w = N - n0 < nw ? N - n0 : nw;
+            for (int m0 = 0; m0 < M; m0 += G_MR) tile(args, m0, M - m0 < G_MR ? M - m0 : G_MR, n0, w, k0, kb, acc || k0 > 0);
+        }
+    }
+}
+
+/* a GEMM's operands, as tr_gemm (f32) and tr_gemm_bf16 (A bf16, B pairs) take them */
+typedef struct gemm_args {
+    const void *A, *B;
+    ptrdiff_t ars, acs, ldb;
+    float *C;
+    ptrdiff_t ldc;
+} gemm_args;
 
 /* the first l lanes (none for l <= 0, all for l >= 16) */
 static inline __mmask16 tail_mask(int l) {
@@ -290,31 +310,18 @@ T512 static void gemm_tile_any(int mr, int nv, int K, const float *A, ptrdiff_t 
     }
 }
 
+T512 static INLINE void gemm_tile_512(const void *p, int m0, int mr, int n0, int w, int k0, int kb, bool acc) {
+    const gemm_args *g = p;
+    __mmask16 mk[G_NV];
+    for (int v = 0; v < G_NV; v++) mk[v] = tail_mask(w - 16 * v);
+    gemm_tile_any(mr, (w + 15) / 16, kb, (const float *)g->A + m0 * g->ars + k0 * g->acs, g->ars, g->acs,
+                  (const float *)g->B + k0 * g->ldb + n0, g->ldb, g->C + m0 * g->ldc + n0, g->ldc, mk, acc);
+}
+
 T512 static void gemm_avx512(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B,
                              ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        if (!acc)
-            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
-        return;
-    }
-    for (int k0 = 0; k0 < K; k0 += G_KB) {
-        const int kb = K - k0 < G_KB ? K - k0 : G_KB;
-        const bool a2 = acc || k0 > 0;
-        for (int n0 = 0; n0 < N; n0 += 16 * G_NV) {
-            const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV;
-            const int nv = (w + 15) / 16;
-            __mmask16 mk[G_NV];
-            for (int v = 0; v < G_NV; v++) mk[v] = tail_mask(w - 16 * v);
-            const float *Bp = B + k0 * ldb + n0;
-            const float *Ap = A + k0 * acs;
-            int m0 = 0;
-            for (; m0 + G_MR <= M; m0 += G_MR)
-                gemm_tile_any(G_MR, nv, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
-            if (m0 < M)
-                gemm_tile_any(M - m0, nv, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
-        }
-    }
+    const gemm_args g = {A, B, ars, acs, ldb, C, ldc};
+    gemm_blocked(M, N, K, C, ldc, acc, 16 * G_NV, &g, gemm_tile_512);
 }
 
 
@@ -356,18 +363,6 @@ T512 static void attn_bwd_row_avx512(float *s, float *dp, int nv, int nk, float 
     }
 }
 
-T512 static double sum_exp_avx512(const float *x, int n, float mx) {
-    const __m512 m = _mm512_set1_ps(mx);
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    for (int i = 0; i < n; i += 16) {
-        const __mmask16 k = tail_mask(n - i);
-        const __m512 e = _mm512_maskz_mov_ps(k, ia_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m)));
-        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
-    }
-    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-}
-
 T512 static void scaled_exp_avx512(float *out, const float *x, int n, float sub, float g) {
     const __m512 s = _mm512_set1_ps(sub), gv = _mm512_set1_ps(g);
     for (int i = 0; i < n; i += 16) {
@@ -376,13 +371,6 @@ T512 static void scaled_exp_avx512(float *out, const float *x, int n, float sub,
         _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(gv, e));
     }
 }
-T512 static void swiglu_fwd_avx512(float *h, const float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 k = tail_mask((int)(n - i < 16 ? n - i : 16));
-        _mm512_mask_storeu_ps(h + i, k, ia_swiglu512(_mm512_maskz_loadu_ps(k, g + i), _mm512_maskz_loadu_ps(k, u + i)));
-    }
-}
-
 T512 static void swiglu_bwd_avx512(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     const __m512 one = _mm512_set1_ps(1.0f);
     for (size_t i = 0; i < n; i += 16) {
@@ -489,29 +477,19 @@ TB static void gemm_bf16_tile_any(int mr, int nv, int np, const uint16_t *A, ptr
 
 /* The f32 GEMM's loop order: per block of KB k, the B panel (KB/2 pairs x 64 columns) stays in L1
  * while every 6-row tile passes over it. */
+TB static INLINE void gemm_tile_bf16(const void *p, int m0, int mr, int n0, int w, int k0, int kb, bool acc) {
+    const gemm_args *g = p;
+    __mmask16 mk[G_NV];
+    for (int v = 0; v < G_NV; v++) mk[v] = tail_mask(w - 16 * v);
+    /* odd K: a last half pair */
+    gemm_bf16_tile_any(mr, (w + 15) / 16, (kb + 1) / 2, (const uint16_t *)g->A + m0 * g->ars + k0, g->ars,
+                       (const uint32_t *)g->B + (k0 / 2) * g->ldb + n0, g->ldb, g->C + m0 * g->ldc + n0, g->ldc, mk, acc);
+}
+
 TB static void gemm_bf16_avx512(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B,
                                 ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        if (!acc)
-            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
-        return;
-    }
-    for (int k0 = 0; k0 < K; k0 += G_KB) {
-        const int kb = K - k0 < G_KB ? K - k0 : G_KB, np = (kb + 1) / 2; /* odd K: a last half pair */
-        const bool a2 = acc || k0 > 0;
-        for (int n0 = 0; n0 < N; n0 += 16 * G_NV) {
-            const int w = N - n0 < 16 * G_NV ? N - n0 : 16 * G_NV, nv = (w + 15) / 16;
-            __mmask16 mk[G_NV];
-            for (int v = 0; v < G_NV; v++) mk[v] = tail_mask(w - 16 * v);
-            const uint32_t *Bp = B + (k0 / 2) * ldb + n0;
-            int m0 = 0;
-            for (; m0 + G_MR <= M; m0 += G_MR)
-                gemm_bf16_tile_any(G_MR, nv, np, A + m0 * lda + k0, lda, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
-            if (m0 < M)
-                gemm_bf16_tile_any(M - m0, nv, np, A + m0 * lda + k0, lda, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
-        }
-    }
+    const gemm_args g = {A, B, lda, 1, ldb, C, ldc};
+    gemm_blocked(M, N, K, C, ldc, acc, 16 * G_NV, &g, gemm_tile_bf16);
 }
 
 TB static void bf16_rows_avx512(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
@@ -623,33 +601,18 @@ T256 static void gemm_tile_any_avx2(int mr, int nv, bool masked, int K, const fl
     }
 }
 
+T256 static INLINE void gemm_tile_256(const void *p, int m0, int mr, int n0, int w, int k0, int kb, bool acc) {
+    const gemm_args *g = p;
+    __m256i mk[G2_NV];
+    for (int v = 0; v < G2_NV; v++) mk[v] = tail_mask8(w - 8 * v);
+    gemm_tile_any_avx2(mr, (w + 7) / 8, w < 8 * G2_NV, kb, (const float *)g->A + m0 * g->ars + k0 * g->acs, g->ars,
+                       g->acs, (const float *)g->B + k0 * g->ldb + n0, g->ldb, g->C + m0 * g->ldc + n0, g->ldc, mk, acc);
+}
+
 T256 static void gemm_avx2(int M, int N, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs, const float *B,
                            ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        if (!acc)
-            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, (size_t)N * sizeof(float));
-        return;
-    }
-    for (int k0 = 0; k0 < K; k0 += G_KB) {
-        const int kb = K - k0 < G_KB ? K - k0 : G_KB;
-        const bool a2 = acc || k0 > 0;
-        for (int n0 = 0; n0 < N; n0 += 8 * G2_NV) {
-            const int w = N - n0 < 8 * G2_NV ? N - n0 : 8 * G2_NV;
-            const int nv = (w + 7) / 8;
-            const bool masked = w < 8 * G2_NV;
-            __m256i mk[G2_NV];
-            for (int v = 0; v < G2_NV; v++) mk[v] = tail_mask8(w - 8 * v);
-            const float *Bp = B + k0 * ldb + n0;
-            const float *Ap = A + k0 * acs;
-            int m0 = 0;
-            for (; m0 + G_MR <= M; m0 += G_MR)
-                gemm_tile_any_avx2(G_MR, nv, masked, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc, mk, a2);
-            if (m0 < M)
-                gemm_tile_any_avx2(M - m0, nv, masked, kb, Ap + m0 * ars, ars, acs, Bp, ldb, C + m0 * ldc + n0, ldc,
-                                   mk, a2);
-        }
-    }
+    const gemm_args g = {A, B, ars, acs, ldb, C, ldc};
+    gemm_blocked(M, N, K, C, ldc, acc, 8 * G2_NV, &g, gemm_tile_256);
 }
 
 /* The row kernels at 8 lanes: the AVX-512 versions' operations with ia_exp256, lanes past the end
@@ -698,32 +661,11 @@ T256 static void attn_bwd_row_avx2(float *s, float *dp, int nv, int nk, float sc
     }
 }
 
-T256 static double sum_exp_avx2(const float *x, int n, float mx) {
-    const __m256 m = _mm256_set1_ps(mx);
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    for (int i = 0; i < n; i += 8) {
-        const __m256i k = tail_mask8(n - i);
-        const __m256 e = _mm256_and_ps(ia_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), m)), _mm256_castsi256_ps(k));
-        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-    }
-    double l[4];
-    _mm256_storeu_pd(l, _mm256_add_pd(s0, s1));
-    return (l[0] + l[1]) + (l[2] + l[3]);
-}
-
 T256 static void scaled_exp_avx2(float *out, const float *x, int n, float sub, float g) {
     const __m256 s = _mm256_set1_ps(sub), gv = _mm256_set1_ps(g);
     for (int i = 0; i < n; i += 8) {
         const __m256i k = tail_mask8(n - i);
         _mm256_maskstore_ps(out + i, k, _mm256_mul_ps(gv, ia_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), s))));
-    }
-}
-
-T256 static void swiglu_fwd_avx2(float *h, const float *g, const float *u, size_t n) {
-    for (size_t i = 0; i < n; i += 8) {
-        const __m256i k = tail_mask8((int)(n - i < 8 ? n - i : 8));
-        _mm256_maskstore_ps(h + i, k, ia_swiglu256(_mm256_maskload_ps(g + i, k), _mm256_maskload_ps(u + i, k)));
     }
 }
 
@@ -824,16 +766,8 @@ void tr_attn_bwd_row(float *s, float *dp, int nv, int nk, float scale, float lse
     TR_DISPATCH2(attn_bwd_row_avx512, attn_bwd_row_avx2, tr_attn_bwd_row_ref, s, dp, nv, nk, scale, lse, delta);
 }
 
-double tr_sum_exp(const float *x, int n, float mx) {
-    TR_DISPATCH2_RET(sum_exp_avx512, sum_exp_avx2, tr_sum_exp_ref, x, n, mx);
-}
-
 void tr_scaled_exp(float *out, const float *x, int n, float sub, float g) {
     TR_DISPATCH2(scaled_exp_avx512, scaled_exp_avx2, tr_scaled_exp_ref, out, x, n, sub, g);
-}
-
-void tr_swiglu_fwd(float *h, const float *g, const float *u, size_t n) {
-    TR_DISPATCH2(swiglu_fwd_avx512, swiglu_fwd_avx2, tr_swiglu_fwd_ref, h, g, u, n);
 }
 
 void tr_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {

@@ -94,16 +94,13 @@ void tr_scale_copy(float *y, const float *x, float a, int n);
 /* y[i] += x[i] */
 void tr_add(float *y, const float *x, int n);
 
-/* Sum of exp(x[i] - mx) for i < n, in double (the cross-entropy's normaliser). With out != NULL,
- * also out[i] = g * exp(x[i] - sub) (pass sub = the log-sum-exp). */
-double tr_sum_exp(const float *x, int n, float mx);
-double tr_sum_exp_ref(const float *x, int n, float mx);
+/* out[i] = g * exp(x[i] - sub) for i < n (pass sub = the row's log-sum-exp, ia_logsumexp: the
+ * cross-entropy's softmax times its gradient). */
 void tr_scaled_exp(float *out, const float *x, int n, float sub, float g);
 void tr_scaled_exp_ref(float *out, const float *x, int n, float sub, float g);
 
-/* SwiGLU over n elements: h = silu(g) u; backward du += dh g sig(g), dg += dh u sig(g) (1 + g (1 - sig(g))). */
-void tr_swiglu_fwd(float *h, const float *g, const float *u, size_t n);
-void tr_swiglu_fwd_ref(float *h, const float *g, const float *u, size_t n);
+/* SwiGLU's backward over n elements (the forward h = silu(g) u is ia_swiglu): du += dh g sig(g),
+ * dg += dh u sig(g) (1 + g (1 - sig(g))). */
 void tr_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 void tr_swiglu_bwd_ref(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 

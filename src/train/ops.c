@@ -733,7 +733,7 @@ static void glu_fwd_body(void *p, int c0, int c1) {
     const glu_job *j = p;
     size_t i1 = (size_t)c1 * GLU_CHUNK < j->n ? (size_t)c1 * GLU_CHUNK : j->n;
     size_t i0 = (size_t)c0 * GLU_CHUNK;
-    tr_swiglu_fwd(j->h + i0, j->g + i0, j->u + i0, i1 - i0);
+    ia_swiglu(j->h + i0, j->g + i0, j->u + i0, i1 - i0);
 }
 
 void tr_swiglu_forward(float *h, const float *g, const float *u, size_t n) {
@@ -755,12 +755,9 @@ void tr_swiglu_backward(float *dg, float *du, const float *dh, const float *g, c
 
 /* ==== cross-entropy =========================================================================== */
 
-/* log-sum-exp of a row: exp of the shifted logits, summed in double */
-static double row_lse(const float *l, int V) {
-    float mx = -INFINITY;
-    for (int i = 0; i < V; i++) if (l[i] > mx) mx = l[i];
-    return mx + log(tr_sum_exp(l, V, mx));
-}
+/* log-sum-exp of a row: exp of the shifted logits, summed in double (the inference's scoring does
+ * the same) */
+static double row_lse(const float *l, int V) { return ia_logsumexp(l, V); }
 
 typedef struct { float *loss, *dl; const float *logits, *dloss; const int32_t *target; int V; } ce_job;
 
