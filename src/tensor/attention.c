@@ -123,12 +123,7 @@ T512 static INLINE __m512 hsum16(__m512 *v) {
 /* A row of n scores becomes softmax weights: exp(s - max) (max: a plain scan, exact whatever the
  * order), summed 16 lanes at a time then lane by lane, and each multiplied by 1/sum. */
 T512 static INLINE void softmax_row(float *sh, int np) {
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int p0 = 0; p0 < np; p0 += 16) {
-        const __mmask16 m = (__mmask16)(np - p0 >= 16 ? 0xFFFFu : (1u << (np - p0)) - 1u);
-        mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, sh + p0));
-    }
-    const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    const __m512 vmax = _mm512_set1_ps(ia_max16(sh, np));
     __m512 vsum = _mm512_setzero_ps();
     for (int p0 = 0; p0 < np; p0 += 16) {
         const int n = np - p0 < 16 ? np - p0 : 16;
@@ -231,23 +226,15 @@ T512 static double lse_sum_avx512(const float *x, int n, float mx) {
     return s;
 }
 
-T512 static float max_avx512(const float *x, int n) {
-    __m512 m = _mm512_set1_ps(-INFINITY);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
-    float r = _mm512_reduce_max_ps(m);
-    for (; i < n; i++) r = x[i] > r ? x[i] : r;
-    return r;
+/* log-sum-exp: the maximum, then the sum (a row with no finite maximum: the reference's answer) */
+T512 static double lse_avx512(const float *x, int n) {
+    const float mx = ia_max16(x, n);
+    return isfinite(mx) ? (double)mx + log(lse_sum_avx512(x, n, mx)) : ia_logsumexp_ref(x, n);
 }
 
 /* ---- AVX2 (head dims a multiple of 8) ----------------------------------------------------- */
 
 #define T256 __attribute__((target("avx2,fma")))
-
-/* Lanes 0..n-1 set (n <= 8): the mask of maskload/maskstore. */
-T256 static INLINE __m256i mask8(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 /* exp(x) for x <= 0 (scores minus their maximum): ia_exp256, and exactly 0 below -87.3 (as exp512). */
 T256 static INLINE __m256 exp256(__m256 x) {
@@ -266,19 +253,10 @@ T256 static INLINE __m256 hsum8x8(const __m256 *v) {
 /* softmax_row for AVX2: exp(s - max) (max: 8 lanes, exact whatever the order) summed 8 lanes at a
  * time then lane by lane, times 1/sum. */
 T256 static INLINE void softmax_row_avx2(float *sh, int np) {
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    __m256 vm = ninf;
-    for (int p0 = 0; p0 < np; p0 += 8) {
-        const __m256i m = mask8(np - p0);
-        vm = _mm256_max_ps(vm, _mm256_blendv_ps(ninf, _mm256_maskload_ps(sh + p0, m), _mm256_castsi256_ps(m)));
-    }
-    float ml[8], mx = -INFINITY;
-    _mm256_storeu_ps(ml, vm);
-    for (int l = 0; l < 8; l++) mx = ml[l] > mx ? ml[l] : mx;
-    const __m256 vmax = _mm256_set1_ps(mx);
+    const __m256 vmax = _mm256_set1_ps(ia_max8(sh, np));
     __m256 vsum = _mm256_setzero_ps();
     for (int p0 = 0; p0 < np; p0 += 8) {
-        const __m256i m = mask8(np - p0);
+        const __m256i m = ia_mask8(np - p0);
         const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(sh + p0, m), vmax)), _mm256_castsi256_ps(m));
         _mm256_maskstore_ps(sh + p0, m, e);
         vsum = _mm256_add_ps(vsum, e);
@@ -289,7 +267,7 @@ T256 static INLINE void softmax_row_avx2(float *sh, int np) {
     for (int l = 0; l < 8; l++) sum += lanes[l];
     const __m256 inv = _mm256_set1_ps(1.0f / sum);
     for (int p0 = 0; p0 < np; p0 += 8) {
-        const __m256i m = mask8(np - p0);
+        const __m256i m = ia_mask8(np - p0);
         _mm256_maskstore_ps(sh + p0, m, _mm256_mul_ps(_mm256_maskload_ps(sh + p0, m), inv));
     }
 }
@@ -347,7 +325,7 @@ T256 static void attn_group_avx2(const ia_attn *a, int t, int h0, int nh, float 
 #pragma GCC unroll 8
                 for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[i] + 8 * j), acc[i]);
             }
-            _mm256_maskstore_ps(sc + (size_t)h * C + p0, mask8(n), _mm256_mul_ps(hsum8x8(acc), scale));
+            _mm256_maskstore_ps(sc + (size_t)h * C + p0, ia_mask8(n), _mm256_mul_ps(hsum8x8(acc), scale));
         }
     }
     for (int h = 0; h < nh; h++) softmax_row_avx2(sc + (size_t)h * C, np);
@@ -376,7 +354,7 @@ T256 static double lse_sum_avx2(const float *x, int n, float mx) {
     const __m256 vm = _mm256_set1_ps(mx);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     for (int i = 0; i < n; i += 8) {
-        const __m256i m = mask8(n - i);
+        const __m256i m = ia_mask8(n - i);
         const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), vm)), _mm256_castsi256_ps(m));
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
@@ -389,16 +367,11 @@ T256 static double lse_sum_avx2(const float *x, int n, float mx) {
     return s;
 }
 
-T256 static float max_avx2(const float *x, int n) {
-    __m256 m = _mm256_set1_ps(-INFINITY);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
-    float l[8], r = -INFINITY;
-    _mm256_storeu_ps(l, m);
-    for (int k = 0; k < 8; k++) r = l[k] > r ? l[k] : r;
-    for (; i < n; i++) r = x[i] > r ? x[i] : r;
-    return r;
+T256 static double lse_avx2(const float *x, int n) {
+    const float mx = ia_max8(x, n);
+    return isfinite(mx) ? (double)mx + log(lse_sum_avx2(x, n, mx)) : ia_logsumexp_ref(x, n);
 }
+
 #endif
 
 double ia_logsumexp_ref(const float *x, int n) {
@@ -411,16 +384,8 @@ double ia_logsumexp_ref(const float *x, int n) {
 
 double ia_logsumexp(const float *x, int n) {
 #if defined(__x86_64__)
-    if (n > 0 && strcmp(ia_cpu_kernel_name(), "avx512") == 0) {
-        const float mx = max_avx512(x, n);
-        if (!isfinite(mx)) return ia_logsumexp_ref(x, n);
-        return (double)mx + log(lse_sum_avx512(x, n, mx));
-    }
-    if (n > 0 && strcmp(ia_cpu_kernel_name(), "avx2") == 0) {
-        const float mx = max_avx2(x, n);
-        if (!isfinite(mx)) return ia_logsumexp_ref(x, n);
-        return (double)mx + log(lse_sum_avx2(x, n, mx));
-    }
+    if (n > 0 && strcmp(ia_cpu_kernel_name(), "avx512") == 0) return lse_avx512(x, n);
+    if (n > 0 && strcmp(ia_cpu_kernel_name(), "avx2") == 0) return lse_avx2(x, n);
 #endif
     return ia_logsumexp_ref(x, n);
 }

@@ -1,6 +1,6 @@
 /* simd.h — small numeric helpers shared by the tensor kernels, the forward pass and the trainer: the
- * plain eight-way dot product of the reference attention, rmsnorm's sum of squares, and a vectorised
- * exp (and SwiGLU) for AVX-512 and AVX2. */
+ * plain eight-way dot product of the reference attention, rmsnorm's sum of squares, and for AVX-512
+ * and AVX2 a vectorised exp (and SwiGLU) and a row's maximum. */
 #ifndef IA_TENSOR_SIMD_H
 #define IA_TENSOR_SIMD_H
 
@@ -34,6 +34,7 @@ static inline double ia_sumsq8(const float *x, int n) {
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <math.h>
 
 /* exp(x): 2^n p(r), x = n ln2 + r, |r| <= ln2/2, Cephes expf's degree-6 polynomial (within 2 ulp of
  * expf); x is clamped to [-103.9, 88.8]: 0 (give or take a denormal) below, +inf above, as expf. */
@@ -53,6 +54,16 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 ia_exp512
     const __m512 r2 = _mm512_mul_ps(r, r);
     p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
+}
+
+/* The largest of x[0..n) (-inf for n = 0), 16 lanes at a time (exact whatever the order). */
+__attribute__((target("avx512f"), always_inline)) static inline float ia_max16(const float *x, int n) {
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = (__mmask16)(n - i >= 16 ? 0xFFFFu : (1u << (n - i)) - 1u);
+        m = _mm512_mask_max_ps(m, k, m, _mm512_maskz_loadu_ps(k, x + i));
+    }
+    return _mm512_reduce_max_ps(m);
 }
 
 /* silu(g) * u = g / (1 + exp(-g)) * u, the reference's operations with ia_exp512 for expf (the
@@ -84,6 +95,25 @@ __attribute__((target("avx2,fma"), always_inline)) static inline __m256 ia_exp25
     const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
     const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
     return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* Lanes 0..n-1 set (none for n <= 0, all for n >= 8): a maskload/maskstore mask. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i ia_mask8(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* ia_max16 for AVX2. */
+__attribute__((target("avx2"), always_inline)) static inline float ia_max8(const float *x, int n) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 m = ninf;
+    for (int i = 0; i < n; i += 8) {
+        const __m256i k = ia_mask8(n - i);
+        m = _mm256_max_ps(m, _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k)));
+    }
+    float l[8], r = -INFINITY;
+    _mm256_storeu_ps(l, m);
+    for (int i = 0; i < 8; i++) r = l[i] > r ? l[i] : r;
+    return r;
 }
 
 /* ia_swiglu512 for AVX2. */

@@ -327,12 +327,7 @@ T512 static void gemm_avx512(int M, int N, int K, const float *A, ptrdiff_t ars,
 
 
 T512 static float softmax_row_avx512(float *s, int nv, int nk, float scale, float *mx_scaled) {
-    __m512 mxv = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < nv; j += 16) {
-        const __mmask16 m = tail_mask(nv - j);
-        mxv = _mm512_mask_max_ps(mxv, m, mxv, _mm512_maskz_loadu_ps(m, s + j));
-    }
-    const float ms = _mm512_reduce_max_ps(mxv) * scale;
+    const float ms = ia_max16(s, nv) * scale;
     const __m512 sc = _mm512_set1_ps(scale), msv = _mm512_set1_ps(ms);
     __m512 sum = _mm512_setzero_ps();
     int j = 0;
@@ -538,11 +533,6 @@ TB static void pack_bf16_rows_avx512(uint32_t *P, int ldp, const float *W, ptrdi
 #define T256 __attribute__((target("avx2,fma")))
 #define G2_NV 2
 
-/* the first l lanes (none for l <= 0, all for l >= 8), as a maskload/maskstore mask */
-T256 static INLINE __m256i tail_mask8(int l) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 /* masked: the last column tile (lanes of mk only); else all 8 NV lanes, plain loads and stores */
 T256 static INLINE void gemm_tile_avx2(const int mr, const int nv, const bool masked, int K, const float *A,
                                        ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb, float *C,
@@ -604,7 +594,7 @@ T256 static void gemm_tile_any_avx2(int mr, int nv, bool masked, int K, const fl
 T256 static INLINE void gemm_tile_256(const void *p, int m0, int mr, int n0, int w, int k0, int kb, bool acc) {
     const gemm_args *g = p;
     __m256i mk[G2_NV];
-    for (int v = 0; v < G2_NV; v++) mk[v] = tail_mask8(w - 8 * v);
+    for (int v = 0; v < G2_NV; v++) mk[v] = ia_mask8(w - 8 * v);
     gemm_tile_any_avx2(mr, (w + 7) / 8, w < 8 * G2_NV, kb, (const float *)g->A + m0 * g->ars + k0 * g->acs, g->ars,
                        g->acs, (const float *)g->B + k0 * g->ldb + n0, g->ldb, g->C + m0 * g->ldc + n0, g->ldc, mk, acc);
 }
@@ -618,28 +608,20 @@ T256 static void gemm_avx2(int M, int N, int K, const float *A, ptrdiff_t ars, p
 /* The row kernels at 8 lanes: the AVX-512 versions' operations with ia_exp256, lanes past the end
  * masked (maskload reads zeros there). */
 T256 static float softmax_row_avx2(float *s, int nv, int nk, float scale, float *mx_scaled) {
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    __m256 mxv = ninf;
-    for (int j = 0; j < nv; j += 8) {
-        const __m256i m = tail_mask8(nv - j);
-        mxv = _mm256_max_ps(mxv, _mm256_blendv_ps(ninf, _mm256_maskload_ps(s + j, m), _mm256_castsi256_ps(m)));
-    }
-    float l[8], mx = -INFINITY;
-    _mm256_storeu_ps(l, mxv);
-    for (int i = 0; i < 8; i++) mx = l[i] > mx ? l[i] : mx;
-    const float ms = mx * scale;
+    const float ms = ia_max8(s, nv) * scale;
     const __m256 sc = _mm256_set1_ps(scale), msv = _mm256_set1_ps(ms);
     __m256 sum = _mm256_setzero_ps();
     int j = 0;
     for (; j < nv; j += 8) {
-        const __m256i m = tail_mask8(nv - j);
+        const __m256i m = ia_mask8(nv - j);
         const __m256 e = _mm256_and_ps(ia_exp256(_mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(s + j, m), sc), msv)),
                                        _mm256_castsi256_ps(m));
         sum = _mm256_add_ps(sum, e);
-        _mm256_maskstore_ps(s + j, tail_mask8(nk - j), e); /* lanes past nv (and before nk) get 0 */
+        _mm256_maskstore_ps(s + j, ia_mask8(nk - j), e); /* lanes past nv (and before nk) get 0 */
     }
-    for (; j < nk; j += 8) _mm256_maskstore_ps(s + j, tail_mask8(nk - j), _mm256_setzero_ps());
+    for (; j < nk; j += 8) _mm256_maskstore_ps(s + j, ia_mask8(nk - j), _mm256_setzero_ps());
     *mx_scaled = ms;
+    float l[8];
     _mm256_storeu_ps(l, sum);
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
@@ -648,7 +630,7 @@ T256 static void attn_bwd_row_avx2(float *s, float *dp, int nv, int nk, float sc
     const __m256 sc = _mm256_set1_ps(scale), l = _mm256_set1_ps(lse), d = _mm256_set1_ps(delta);
     int j = 0;
     for (; j < nv; j += 8) {
-        const __m256i m = tail_mask8(nv - j), mw = tail_mask8(nk - j);
+        const __m256i m = ia_mask8(nv - j), mw = ia_mask8(nk - j);
         const __m256 p = _mm256_and_ps(ia_exp256(_mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(s + j, m), sc), l)),
                                        _mm256_castsi256_ps(m));
         const __m256 g = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_sub_ps(_mm256_maskload_ps(dp + j, m), d)), sc);
@@ -656,15 +638,15 @@ T256 static void attn_bwd_row_avx2(float *s, float *dp, int nv, int nk, float sc
         _mm256_maskstore_ps(dp + j, mw, g);
     }
     for (; j < nk; j += 8) {
-        _mm256_maskstore_ps(s + j, tail_mask8(nk - j), _mm256_setzero_ps());
-        _mm256_maskstore_ps(dp + j, tail_mask8(nk - j), _mm256_setzero_ps());
+        _mm256_maskstore_ps(s + j, ia_mask8(nk - j), _mm256_setzero_ps());
+        _mm256_maskstore_ps(dp + j, ia_mask8(nk - j), _mm256_setzero_ps());
     }
 }
 
 T256 static void scaled_exp_avx2(float *out, const float *x, int n, float sub, float g) {
     const __m256 s = _mm256_set1_ps(sub), gv = _mm256_set1_ps(g);
     for (int i = 0; i < n; i += 8) {
-        const __m256i k = tail_mask8(n - i);
+        const __m256i k = ia_mask8(n - i);
         _mm256_maskstore_ps(out + i, k, _mm256_mul_ps(gv, ia_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), s))));
     }
 }
@@ -672,7 +654,7 @@ T256 static void scaled_exp_avx2(float *out, const float *x, int n, float sub, f
 T256 static void swiglu_bwd_avx2(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     const __m256 one = _mm256_set1_ps(1.0f);
     for (size_t i = 0; i < n; i += 8) {
-        const __m256i k = tail_mask8((int)(n - i < 8 ? n - i : 8));
+        const __m256i k = ia_mask8((int)(n - i < 8 ? n - i : 8));
         const __m256 gv = _mm256_maskload_ps(g + i, k), hv = _mm256_maskload_ps(dh + i, k);
         const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, ia_exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
         const __m256 a = _mm256_mul_ps(_mm256_mul_ps(hv, gv), sg);
