@@ -1340,8 +1340,9 @@ static int stage_train(run *R, int b, ia_error *err) {
         o.max_len = R->cfg.max_len;
         o.bf16 = !strcmp(R->cfg.train_compute, "bf16");
         if (o.bf16 && !ia_cpu_has_bf16_dot() && round == 1)
-            logf_(R, "note: this CPU has no AVX512_BF16: --train-compute bf16 runs on the reference kernel "
-                     "(the same numbers, many times slower than f32)");
+            logf_(R, "note: this CPU has no AVX512_BF16: --train-compute bf16 is emulated %s",
+                  strcmp(ia_cpu_kernel_name(), "scalar") ? "with AVX2 FMAs (the same numbers, slower than f32)"
+                                                         : "in plain C (the same numbers, many times slower than f32)");
         o.seed = mix_seed(R->cfg.seed, 4, b);
         /* the data is in the form the model was prompted with: through its template in chat mode,
            else the presented prompt and the completion as plain text (never the model's template) */

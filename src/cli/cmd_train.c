@@ -155,8 +155,9 @@ int cmd_train(int argc, char **argv) {
     if (o.method == IA_TRAIN_FULL && !lr_set) o.lr = 1e-5f; /* full FT wants a smaller step */
     ia_set_threads(threads);
     if (o.bf16 && !ia_cpu_has_bf16_dot())
-        fprintf(stderr, "train: note: this CPU has no AVX512_BF16: --compute bf16 runs on the reference kernel "
-                        "(the same numbers, many times slower than f32)\n");
+        fprintf(stderr, "train: note: this CPU has no AVX512_BF16: --compute bf16 is emulated %s\n",
+                strcmp(ia_cpu_kernel_name(), "scalar") ? "with AVX2 FMAs (the same numbers, slower than f32)"
+                                                       : "in plain C (the same numbers, many times slower than f32)");
     o.progress = progress_cb;
     o.progress_ud = &pu;
     ia_error err = {0};

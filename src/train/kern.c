@@ -533,6 +533,21 @@ TB static void pack_bf16_rows_avx512(uint32_t *P, int ldp, const float *W, ptrdi
 #define T256 __attribute__((target("avx2,fma")))
 #define G2_NV 2
 
+/* C (+)= the tile's sums (both AVX2 tiles end so); masked: the lanes of mk only */
+T256 static INLINE void tile_store_avx2(__m256 (*c)[G2_NV], const int mr, const int nv, const bool masked, float *C,
+                                        ptrdiff_t ldc, const __m256i *mk, bool acc) {
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) {
+            float *cp = C + m * ldc + 8 * v;
+            __m256 r = c[m][v];
+            if (acc) r = _mm256_add_ps(masked ? _mm256_maskload_ps(cp, mk[v]) : _mm256_loadu_ps(cp), r);
+            if (masked) _mm256_maskstore_ps(cp, mk[v], r);
+            else _mm256_storeu_ps(cp, r);
+        }
+}
+
 /* masked: the last column tile (lanes of mk only); else all 8 NV lanes, plain loads and stores */
 T256 static INLINE void gemm_tile_avx2(const int mr, const int nv, const bool masked, int K, const float *A,
                                        ptrdiff_t ars, ptrdiff_t acs, const float *B, ptrdiff_t ldb, float *C,
@@ -555,40 +570,31 @@ T256 static INLINE void gemm_tile_avx2(const int mr, const int nv, const bool ma
             for (int v = 0; v < nv; v++) c[m][v] = _mm256_fmadd_ps(a, b[v], c[m][v]);
         }
     }
-#pragma GCC unroll 6
-    for (int m = 0; m < mr; m++)
-#pragma GCC unroll 2
-        for (int v = 0; v < nv; v++) {
-            float *cp = C + m * ldc + 8 * v;
-            __m256 r = c[m][v];
-            if (acc) r = _mm256_add_ps(masked ? _mm256_maskload_ps(cp, mk[v]) : _mm256_loadu_ps(cp), r);
-            if (masked) _mm256_maskstore_ps(cp, mk[v], r);
-            else _mm256_storeu_ps(cp, r);
-        }
+    tile_store_avx2(c, mr, nv, masked, C, ldc, mk, acc);
 }
 
-#define TILE2_CASE(MR_, NV_, MASKED_)                                                                      \
-    case (MR_) * 8 + (NV_):                                                                                \
-        gemm_tile_avx2(MR_, NV_, MASKED_, K, A, ars, acs, B, ldb, C, ldc, mk, acc);                        \
-        break;
-#define TILE2_ROWS(NV_, MASKED_)                                                                           \
-    TILE2_CASE(1, NV_, MASKED_) TILE2_CASE(2, NV_, MASKED_) TILE2_CASE(3, NV_, MASKED_)                    \
-    TILE2_CASE(4, NV_, MASKED_) TILE2_CASE(5, NV_, MASKED_) TILE2_CASE(6, NV_, MASKED_)
+/* The constant-shape instances of an AVX2 tile: CALL(MR, NV, MASKED) for the tile's mr rows, nv vectors
+ * and whether it is the masked last column tile (full tiles have nv = 2). */
+#define TILE2_CASE(CALL, MR_, NV_, MASKED_)                                                                \
+    case (MR_) * 8 + (NV_): CALL(MR_, NV_, MASKED_); break;
+#define TILE2_ROWS(CALL, NV_, MASKED_)                                                                     \
+    TILE2_CASE(CALL, 1, NV_, MASKED_) TILE2_CASE(CALL, 2, NV_, MASKED_) TILE2_CASE(CALL, 3, NV_, MASKED_)  \
+    TILE2_CASE(CALL, 4, NV_, MASKED_) TILE2_CASE(CALL, 5, NV_, MASKED_) TILE2_CASE(CALL, 6, NV_, MASKED_)
+#define TILE2_SWITCH(CALL, mr, nv, masked)                                                                 \
+    do {                                                                                                   \
+        if (!(masked)) {                                                                                   \
+            switch ((mr) * 8 + 2) { TILE2_ROWS(CALL, 2, false) default: break; }                           \
+        } else {                                                                                           \
+            switch ((mr) * 8 + (nv)) { TILE2_ROWS(CALL, 1, true) TILE2_ROWS(CALL, 2, true) default: break; } \
+        }                                                                                                  \
+    } while (0)
 
 T256 static void gemm_tile_any_avx2(int mr, int nv, bool masked, int K, const float *A, ptrdiff_t ars, ptrdiff_t acs,
                                     const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __m256i *mk,
                                     bool acc) {
-    if (!masked) { /* a full 16-column tile */
-        switch (mr * 8 + 2) {
-            TILE2_ROWS(2, false)
-        default: break;
-        }
-        return;
-    }
-    switch (mr * 8 + nv) {
-        TILE2_ROWS(1, true) TILE2_ROWS(2, true)
-    default: break;
-    }
+#define CALL(MR_, NV_, MASKED_) gemm_tile_avx2(MR_, NV_, MASKED_, K, A, ars, acs, B, ldb, C, ldc, mk, acc)
+    TILE2_SWITCH(CALL, mr, nv, masked);
+#undef CALL
 }
 
 T256 static INLINE void gemm_tile_256(const void *p, int m0, int mr, int n0, int w, int k0, int kb, bool acc) {
@@ -664,6 +670,110 @@ T256 static void swiglu_bwd_avx2(float *dg, float *du, const float *dh, const fl
         _mm256_maskstore_ps(dg + i, k, _mm256_add_ps(_mm256_maskload_ps(dg + i, k), b));
     }
 }
+
+/* ---- bf16 products without AVX512_BF16 (an AVX2 CPU, or AVX-512 without BF16): vdpbf16ps emulated
+ * bit for bit. The product of two bf16 values is exact in f32, so each of the instruction's steps (the
+ * odd element of a pair, then the even one) is one FMA; its DAZ and FTZ (subnormal inputs and results
+ * as signed zeros) come from MXCSR, set around the chains only: the block sums are added to C under
+ * the usual rules, as the AVX-512 kernel adds them. Same tile as the f32 one, 6 x 16; B is read again
+ * for the even step (both halves kept would take 17 registers). ---- */
+T256 static INLINE void gemm_bf16e_tile(const int mr, const int nv, const bool masked, int np, const uint16_t *A,
+                                        ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
+                                        const __m256i *mk, bool acc) {
+    __m256 c[G_MR][G2_NV];
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) c[m][v] = _mm256_setzero_ps();
+    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040u); /* FTZ (bit 15), DAZ (bit 6) */
+    for (int p = 0; p < np; p++) {
+        const int *bp = (const int *)(B + p * ldb);
+        for (int half = 1; half >= 0; half--) { /* the odd element first */
+            __m256 b[G2_NV];
+#pragma GCC unroll 2
+            for (int v = 0; v < nv; v++) {
+                const __m256i w = masked ? _mm256_maskload_epi32(bp + 8 * v, mk[v]) : _mm256_loadu_si256((const __m256i *)(bp + 8 * v));
+                b[v] = _mm256_castsi256_ps(half ? _mm256_and_si256(w, hi) : _mm256_slli_epi32(w, 16));
+            }
+#pragma GCC unroll 6
+            for (int m = 0; m < mr; m++) {
+                uint32_t pr;
+                memcpy(&pr, A + m * lda + 2 * p, 4); /* the pair (A[m][2p], A[m][2p+1]) */
+                const __m256 a = _mm256_castsi256_ps(_mm256_set1_epi32((int)(half ? pr & 0xFFFF0000u : pr << 16)));
+#pragma GCC unroll 2
+                for (int v = 0; v < nv; v++) c[m][v] = _mm256_fmadd_ps(a, b[v], c[m][v]);
+            }
+        }
+    }
+    _mm_setcsr(csr);
+    tile_store_avx2(c, mr, nv, masked, C, ldc, mk, acc);
+}
+
+T256 static void gemm_bf16e_tile_any(int mr, int nv, bool masked, int np, const uint16_t *A, ptrdiff_t lda,
+                                     const uint32_t *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, const __m256i *mk,
+                                     bool acc) {
+#define CALL(MR_, NV_, MASKED_) gemm_bf16e_tile(MR_, NV_, MASKED_, np, A, lda, B, ldb, C, ldc, mk, acc)
+    TILE2_SWITCH(CALL, mr, nv, masked);
+#undef CALL
+}
+
+T256 static INLINE void gemm_tile_bf16e(const void *p, int m0, int mr, int n0, int w, int k0, int kb, bool acc) {
+    const gemm_args *g = p;
+    __m256i mk[G2_NV];
+    for (int v = 0; v < G2_NV; v++) mk[v] = ia_mask8(w - 8 * v);
+    gemm_bf16e_tile_any(mr, (w + 7) / 8, w < 8 * G2_NV, (kb + 1) / 2, (const uint16_t *)g->A + m0 * g->ars + k0, g->ars,
+                        (const uint32_t *)g->B + (k0 / 2) * g->ldb + n0, g->ldb, g->C + m0 * g->ldc + n0, g->ldc, mk, acc);
+}
+
+T256 static void gemm_bf16_avx2(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B,
+                                ptrdiff_t ldb, float *C, ptrdiff_t ldc, bool acc) {
+    const gemm_args g = {A, B, lda, 1, ldb, C, ldc};
+    gemm_blocked(M, N, K, C, ldc, acc, 8 * G2_NV, &g, gemm_tile_bf16e);
+}
+
+/* 8 floats to bf16 as vcvtneps2bf16 rounds them (ia_fp32_to_bf16_cvtne): subnormals to signed zero,
+ * NaN quieted, else to nearest even; in the low 16 bits of each lane. */
+T256 static INLINE __m256i cvtne8(__m256 x) {
+    const __m256i u = _mm256_castps_si256(x), e = _mm256_and_si256(u, _mm256_set1_epi32(0x7F800000));
+    const __m256i sign = _mm256_srli_epi32(_mm256_and_si256(u, _mm256_set1_epi32((int)0x80000000u)), 16);
+    const __m256i rnd = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)))), 16);
+    const __m256i nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
+    const __m256i is_sub = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+    return _mm256_blendv_epi8(_mm256_blendv_epi8(rnd, nan, is_nan), sign, is_sub);
+}
+
+/* pairs (lo | hi << 16) of two vectors of bf16 lanes */
+T256 static INLINE __m256i pair8(__m256i lo, __m256i hi) { return _mm256_or_si256(lo, _mm256_slli_epi32(hi, 16)); }
+
+T256 static void bf16_rows_avx2(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
+    for (int r = 0; r < rows; r++) {
+        int k = 0;
+        for (; k + 16 <= K; k += 16) { /* 16 values: two vectors packed to 16-bit lanes in order */
+            const __m256i a = cvtne8(_mm256_loadu_ps(src + r * lds + k)), b = cvtne8(_mm256_loadu_ps(src + r * lds + k + 8));
+            _mm256_storeu_si256((__m256i *)(dst + r * ldd + k), _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8));
+        }
+        for (; k < K; k++) dst[r * ldd + k] = ia_fp32_to_bf16_cvtne(src[r * lds + k]);
+        if (K % 2) dst[r * ldd + K] = 0;
+    }
+}
+
+/* P[p][n] = (W[2p][n], W[2p+1][n]) as a bf16 pair, 8 columns at a time */
+T256 static void pack_bf16_rows_avx2(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width) {
+    for (int p = 0; 2 * p < rows; p++) {
+        const float *w0 = W + 2 * p * ldw, *w1 = 2 * p + 1 < rows ? W + (2 * p + 1) * ldw : NULL;
+        int n = 0;
+        for (; n + 8 <= width; n += 8) {
+            const __m256i lo = cvtne8(_mm256_loadu_ps(w0 + n)), hi = w1 ? cvtne8(_mm256_loadu_ps(w1 + n)) : _mm256_setzero_si256();
+            _mm256_storeu_si256((__m256i *)(P + (size_t)p * ldp + n), pair8(lo, hi));
+        }
+        for (; n < width; n++)
+            P[(size_t)p * ldp + n] = bf16_pair(w0[n], w1 ? w1[n] : 0.0f);
+    }
+}
 #endif /* x86-64 */
 
 /* ==== dispatch ================================================================================ */
@@ -723,12 +833,27 @@ bool tr_kern_bf16(void) {
 #endif
 }
 
+/* the AVX2 emulation of the bf16 products: where AVX2 kernels run but the CPU has no AVX512_BF16 */
+static bool tr_kern_bf16_emulated(void) { return !tr_kern_bf16() && (tr_kern_avx512() || tr_kern_avx2()); }
+
 void tr_bf16_rows(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16_emulated()) {
+        bf16_rows_avx2(dst, ldd, src, lds, rows, K);
+        return;
+    }
+#endif
     TR_DISPATCH(tr_kern_bf16(), bf16_rows_avx512, tr_bf16_rows_ref, dst, ldd, src, lds, rows, K);
 }
 
 void tr_gemm_bf16(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const uint32_t *B, ptrdiff_t ldb, float *C,
                   ptrdiff_t ldc, bool acc) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16_emulated()) {
+        gemm_bf16_avx2(M, N, K, A, lda, B, ldb, C, ldc, acc);
+        return;
+    }
+#endif
     TR_DISPATCH(tr_kern_bf16(), gemm_bf16_avx512, tr_gemm_bf16_ref, M, N, K, A, lda, B, ldb, C, ldc, acc);
 }
 
@@ -737,6 +862,12 @@ void tr_pack_bf16_t(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int row
 }
 
 void tr_pack_bf16_rows(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16_emulated()) {
+        pack_bf16_rows_avx2(P, ldp, W, ldw, rows, width);
+        return;
+    }
+#endif
     TR_DISPATCH(tr_kern_bf16(), pack_bf16_rows_avx512, tr_pack_bf16_rows_ref, P, ldp, W, ldw, rows, width);
 }
 
