@@ -120,7 +120,7 @@ T512 static INLINE __m512 hsum16(__m512 *v) {
     return s; /* lane 4q + j holds the sum of v[q + 4j]; callers permute with g_hperm */
 }
 
-/* A row of n scores becomes softmax weights: exp(s - max) (max: a plain scan, exact whatever the
+/* A row of n scores becomes softmax weights: exp(s - max) (ia_max16: exact whatever the
  * order), summed 16 lanes at a time then lane by lane, and each multiplied by 1/sum. */
 T512 static INLINE void softmax_row(float *sh, int np) {
     const __m512 vmax = _mm512_set1_ps(ia_max16(sh, np));
