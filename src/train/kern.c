@@ -324,8 +324,6 @@ T512 static void gemm_avx512(int M, int N, int K, const float *A, ptrdiff_t ars,
     gemm_blocked(M, N, K, C, ldc, acc, 16 * G_NV, &g, gemm_tile_512);
 }
 
-
-
 T512 static float softmax_row_avx512(float *s, int nv, int nk, float scale, float *mx_scaled) {
     const float ms = ia_max16(s, nv) * scale;
     const __m512 sc = _mm512_set1_ps(scale), msv = _mm512_set1_ps(ms);
