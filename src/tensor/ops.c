@@ -9,7 +9,6 @@
 #include "simd.h"
 
 #include <math.h>
-#include <string.h>
 
 void ia_swiglu_ref(float *h, const float *g, const float *u, size_t n) {
     for (size_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -28,13 +27,9 @@ __attribute__((target("avx512f"))) static void swiglu_avx512(float *h, const flo
 __attribute__((target("avx2,fma"))) static void swiglu_avx2(float *h, const float *g, const float *u, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(h + i, ia_swiglu256(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
-    if (i < n) { /* the tail through a zero-padded vector (the same arithmetic lane by lane) */
-        float gb[8] = {0}, ub[8] = {0};
-        const size_t m = n - i;
-        memcpy(gb, g + i, m * sizeof(float));
-        memcpy(ub, u + i, m * sizeof(float));
-        _mm256_storeu_ps(gb, ia_swiglu256(_mm256_loadu_ps(gb), _mm256_loadu_ps(ub)));
-        memcpy(h + i, gb, m * sizeof(float));
+    if (i < n) {
+        const __m256i m = ia_mask8((int)(n - i));
+        _mm256_maskstore_ps(h + i, m, ia_swiglu256(_mm256_maskload_ps(g + i, m), _mm256_maskload_ps(u + i, m)));
     }
 }
 #endif

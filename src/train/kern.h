@@ -104,8 +104,8 @@ void tr_scaled_exp_ref(float *out, const float *x, int n, float sub, float g);
 void tr_swiglu_bwd(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 void tr_swiglu_bwd_ref(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
 
-/* true when the AVX-512 kernels are in use; tr_kern_avx2: the AVX2 ones (the GEMM and the row
- * kernels; the bf16 products need AVX512_BF16) */
+/* true when the AVX-512 kernels are in use; tr_kern_avx2: the AVX2 ones (the GEMM, the row kernels,
+ * and the bf16 products emulated, as they are on AVX-512 without AVX512_BF16) */
 bool tr_kern_avx512(void);
 bool tr_kern_avx2(void);
 

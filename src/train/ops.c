@@ -755,17 +755,14 @@ void tr_swiglu_backward(float *dg, float *du, const float *dh, const float *g, c
 
 /* ==== cross-entropy =========================================================================== */
 
-/* log-sum-exp of a row: exp of the shifted logits, summed in double (the inference's scoring does
- * the same) */
-static double row_lse(const float *l, int V) { return ia_logsumexp(l, V); }
-
+/* A row's log-sum-exp is ia_logsumexp (the sum in double), as in the inference's scoring. */
 typedef struct { float *loss, *dl; const float *logits, *dloss; const int32_t *target; int V; } ce_job;
 
 static void ce_fwd_body(void *p, int t0, int t1) {
     const ce_job *j = p;
     for (int t = t0; t < t1; t++) {
         const float *l = j->logits + (size_t)t * j->V;
-        j->loss[t] = j->target[t] < 0 ? 0.0f : (float)(row_lse(l, j->V) - l[j->target[t]]);
+        j->loss[t] = j->target[t] < 0 ? 0.0f : (float)(ia_logsumexp(l, j->V) - l[j->target[t]]);
     }
 }
 
@@ -783,7 +780,7 @@ static void ce_bwd_body(void *p, int t0, int t1) {
             memset(l, 0, (size_t)V * sizeof(float));
             continue;
         }
-        float lse = (float)row_lse(l, V);
+        float lse = (float)ia_logsumexp(l, V);
         tr_scaled_exp(l, l, V, lse, j->dloss[t]);
         l[j->target[t]] -= j->dloss[t];
     }
