@@ -49,14 +49,22 @@ typedef struct tile_args {
     float *y[4];             /* output row of each token at the first panel's first row */
     int nb;                  /* blocks (32) or super-blocks (256) */
     int rows[2];             /* valid rows in each panel (16, or fewer in the last) */
+    size_t panel_bytes;      /* distance between panels */
 } tile_args;
 
 /* Decoding reads each weight once: prefetch this far ahead in each panel's stream (two panels in
- * flight per thread cover the memory latency at full bandwidth). Offsets per step are spread so the
- * lines of a whole block (544, 288 or 2368 bytes) are all touched. */
+ * flight per thread cover the memory latency at full bandwidth). Offsets per step are spread over the
+ * block; a stride of 68 or 72 bytes leaves a line in 17 or 9 to the hardware prefetcher (prefetching
+ * those too measured no faster). */
 #ifndef PF_DIST
 #define PF_DIST 2048
 #endif
+
+/* Prefetch offset from block j (bs bytes) of a panel: PF_DIST ahead in its stream, and past the panel's
+ * end into the panel this stream reads next (P panels on), not into the one beside it, which the other
+ * stream is reading: a 576-wide Q4_0 panel is 5 KiB, so the start of each new pair used to be read cold. */
+#define PF_OFF(a, j, bs, P) \
+    (PF_DIST + ((size_t)(j) * (bs) + PF_DIST >= (a)->panel_bytes ? (size_t)((P) - 1) * (a)->panel_bytes : 0))
 
 #define B4(p, off) _mm512_set1_epi32(*(const int32_t *)((p) + (off)))
 
@@ -73,6 +81,7 @@ TV static INLINE void tile_q8_0(const tile_args *a, const int P, const int T) {
         for (int t = 0; t < T; t++) acc[p][t] = _mm512_setzero_ps();
     for (int j = 0; j < a->nb; j++) {
         const uint8_t *b[2] = {a->w[0] + (size_t)j * 544, P > 1 ? a->w[1] + (size_t)j * 544 : NULL};
+        const size_t pfo = PF_OFF(a, j, 544, P);
         __m512i is[2][4];
         for (int p = 0; p < P; p++)
             for (int t = 0; t < T; t++) is[p][t] = _mm512_setzero_si512();
@@ -80,7 +89,7 @@ TV static INLINE void tile_q8_0(const tile_args *a, const int P, const int T) {
         for (int g = 0; g < 8; g++) {
             __m512i wv[2];
             if (T <= 2)
-                for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + PF_DIST + 68 * g, _MM_HINT_T0);
+                for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + pfo + 68 * g, _MM_HINT_T0);
             for (int p = 0; p < P; p++) wv[p] = _mm512_loadu_si512(b[p] + 64 * g);
             for (int t = 0; t < T; t++) {
                 const __m512i xb = B4(a->qx[t], 32 * j + 4 * g);
@@ -109,6 +118,7 @@ TV static INLINE void tile_q4_0(const tile_args *a, const int P, const int T) {
         for (int t = 0; t < T; t++) acc[p][t] = _mm512_setzero_ps();
     for (int j = 0; j < a->nb; j++) {
         const uint8_t *b[2] = {a->w[0] + (size_t)j * 288, P > 1 ? a->w[1] + (size_t)j * 288 : NULL};
+        const size_t pfo = PF_OFF(a, j, 288, P);
         __m512i is[2][4];
         for (int p = 0; p < P; p++)
             for (int t = 0; t < T; t++) is[p][t] = _mm512_setzero_si512();
@@ -116,7 +126,7 @@ TV static INLINE void tile_q4_0(const tile_args *a, const int P, const int T) {
         for (int v = 0; v < 4; v++) {
             __m512i lo[2], hi[2];
             if (T <= 2)
-                for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + PF_DIST + 72 * v, _MM_HINT_T0);
+                for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + pfo + 72 * v, _MM_HINT_T0);
             for (int p = 0; p < P; p++) {
                 const __m512i raw = _mm512_loadu_si512(b[p] + 64 * v);
                 lo[p] = _mm512_and_si512(raw, m4);
@@ -154,6 +164,7 @@ TV static INLINE void tile_q4_K(const tile_args *a, const int P, const int T) {
         for (int t = 0; t < T; t++) acc[p][t] = _mm512_setzero_ps();
     for (int sb = 0; sb < a->nb; sb++) {
         const uint8_t *b[2] = {a->w[0] + (size_t)sb * 2368, P > 1 ? a->w[1] + (size_t)sb * 2368 : NULL};
+        const size_t pfo = PF_OFF(a, sb, 2368, P);
         __m512 d[2], dm[2];
         for (int p = 0; p < P; p++) {
             d[p] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b[p] + 2048)));
@@ -168,7 +179,7 @@ TV static INLINE void tile_q4_K(const tile_args *a, const int P, const int T) {
             for (int g = 0; g < 8; g++) {
                 __m512i lo[2], hi[2];
                 if (T <= 2)
-                    for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + PF_DIST + 64 * (8 * c + g) + 10 * g, _MM_HINT_T0);
+                    for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + pfo + 64 * (8 * c + g) + 10 * g, _MM_HINT_T0);
                 for (int p = 0; p < P; p++) {
                     const __m512i raw = _mm512_loadu_si512(b[p] + 64 * (8 * c + g));
                     lo[p] = _mm512_and_si512(raw, m4);
@@ -217,11 +228,12 @@ TB static INLINE void tile_bf16(const tile_args *a, const int P, const int T) {
     for (int t = 0; t < T; t++) x[t] = (const uint16_t *)a->qx[t];
     for (int j = 0; j < a->nb; j++) {
         const uint8_t *b[2] = {a->w[0] + (size_t)j * 1024, P > 1 ? a->w[1] + (size_t)j * 1024 : NULL};
+        const size_t pfo = PF_OFF(a, j, 1024, P);
 #pragma GCC unroll 16
         for (int g = 0; g < 16; g++) {
             __m512i wv[2];
             if (T <= 2)
-                for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + PF_DIST + 64 * g, _MM_HINT_T0);
+                for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + pfo + 64 * g, _MM_HINT_T0);
             for (int p = 0; p < P; p++) wv[p] = _mm512_loadu_si512(b[p] + 64 * g);
             for (int t = 0; t < T; t++) {
                 const __m512i xb = _mm512_set1_epi32(*(const int32_t *)(x[t] + 32 * j + 2 * g));
@@ -272,6 +284,7 @@ TV static void gemm_avx512(const ia_q8_task *t, int p0, int p1, const uint8_t *q
     const int n_in = t->n_in, nbq = n_in / IA_QA_BLOCK;
     tile_args a;
     a.nb = t->wtype == IA_TYPE_Q4_K ? n_in / IA_QK_K : n_in / 32;
+    a.panel_bytes = pk->panel_bytes;
     for (int p = p0; p < p1; p += 2) {
         const int P = p1 - p >= 2 ? 2 : 1;
         for (int i = 0; i < P; i++) {
