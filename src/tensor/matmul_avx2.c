@@ -327,6 +327,7 @@ T256 static INLINE __m256 load_w8(uint32_t type, const uint8_t *row, int k) {
  * (zeros past len) last, hsum256, then Y = s or Y + s. */
 T256 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1,
                                       const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy) {
+    const size_t es = type == IA_TYPE_F32 ? 4 : 2; /* bytes per element */
     for (int o = o0; o < o1; o++) {
         const uint8_t *w = W + (size_t)o * rs;
         for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
@@ -334,6 +335,8 @@ T256 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, siz
             const float *x0 = X + k0, *x1 = X + ldx + k0;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
             for (int k = 0; k < nv; k += 8) {
+                if ((k & (type == IA_TYPE_F32 ? 15 : 31)) == 0) /* a line is 16 or 32 values */
+                    _mm_prefetch((const char *)w + (size_t)(k0 + k) * es + IA_ROWS_PF_DIST, _MM_HINT_T0);
                 const __m256 wv = load_w8(type, w, k0 + k);
                 a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + k), a0);
                 if (n_tok == 2) a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + k), a1);

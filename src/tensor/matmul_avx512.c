@@ -468,6 +468,7 @@ T512 static INLINE __m512 load_w16(uint32_t type, const uint8_t *row, int k, __m
  * tail last, hsum512, then Y = s or Y + s (F16 and BF16 widen exactly, as their decoders do). */
 T512 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, size_t rs, int n_in, int o0, int o1,
                                       const float *X, int64_t ldx, int n_tok, float *Y, int64_t ldy) {
+    const size_t es = type == IA_TYPE_F32 ? 4 : 2; /* bytes per element */
     for (int o = o0; o < o1; o++) {
         const uint8_t *w = W + (size_t)o * rs;
         for (int k0 = 0; k0 < n_in; k0 += IA_MM_CHUNK) {
@@ -476,6 +477,8 @@ T512 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, siz
             const float *x0 = X + k0, *x1 = X + ldx + k0;
             __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
             for (int k = 0; k < nv; k += 16) {
+                if (type == IA_TYPE_F32 || (k & 31) == 0) /* a line is 16 or 32 values */
+                    _mm_prefetch((const char *)w + (size_t)(k0 + k) * es + IA_ROWS_PF_DIST, _MM_HINT_T0);
                 const __m512 wv = load_w16(type, w, k0 + k, 0xFFFF);
                 a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + k), a0);
                 if (n_tok == 2) a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + k), a1);
