@@ -118,6 +118,8 @@ assert r["train"]["tps"] > 0 and r["train"]["peak_mib"] > 0 and r["train"]["ok"]
 if "avx512_bf16" in open("/proc/cpuinfo").read().split():
     assert r["train_bf16"]["tps"] > 0 and r["train_bf16"]["ok"], "train_bf16"
 assert [b["npl"] for b in r["batch"]] == [1, 4]
+# the decoded logits of the tg run were compared with the reference, not only the batch's
+assert isinstance(r["check"]["decode_rel_diff"], float) and r["check"]["decode_argmax_agree"] >= 1, r["check"]
 PY
   else
     nok "bench $ty" "$(tail -5 "$T/b.out" 2>/dev/null)"
