@@ -759,6 +759,47 @@ T256 static void bf16_rows_avx2(uint16_t *dst, ptrdiff_t ldd, const float *src, 
     }
 }
 
+/* 8 bf16 pairs (x[2p] | x[2p+1] << 16) of 16 consecutive values: the bf16 row itself, read as pairs */
+T256 static INLINE __m256 pairs8(const float *x) {
+    const __m256i a = cvtne8(_mm256_loadu_ps(x)), b = cvtne8(_mm256_loadu_ps(x + 8));
+    return _mm256_castsi256_ps(_mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8));
+}
+
+/* P[p][r] = the pair (W[r][2p], W[r][2p+1]): 8 rows x 8 pairs converted, then transposed as 32-bit
+ * lanes (moved, not computed on) */
+T256 static void pack_bf16_t_avx2(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+    const int r8 = rows & ~7, np = K / 2, p8 = np & ~7;
+    for (int r0 = 0; r0 < r8; r0 += 8)
+        for (int p0 = 0; p0 < p8; p0 += 8) {
+            __m256 v[8], t[8], u[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) v[i] = pairs8(W + (r0 + i) * ldw + 2 * p0);
+#pragma GCC unroll 4
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+            }
+#pragma GCC unroll 2
+            for (int i = 0; i < 8; i += 4) {
+                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+            }
+            /* u[j] (j < 4) holds pair j of rows 0-3 and pair j + 4 of the same rows; u[j + 4] rows 4-7 */
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                _mm256_storeu_ps((float *)P + (size_t)(p0 + j) * ldp + r0, _mm256_permute2f128_ps(u[j], u[j + 4], 0x20));
+                _mm256_storeu_ps((float *)P + (size_t)(p0 + j + 4) * ldp + r0, _mm256_permute2f128_ps(u[j], u[j + 4], 0x31));
+            }
+        }
+    for (int r = 0; r < rows; r++) {
+        const float *w = W + r * ldw;
+        for (int p = r < r8 ? p8 : 0; 2 * p < K; p++)
+            P[(size_t)p * ldp + r] = bf16_pair(w[2 * p], 2 * p + 1 < K ? w[2 * p + 1] : 0.0f);
+    }
+}
+
 /* P[p][n] = (W[2p][n], W[2p+1][n]) as a bf16 pair, 8 columns at a time */
 T256 static void pack_bf16_rows_avx2(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int width) {
     for (int p = 0; 2 * p < rows; p++) {
@@ -856,6 +897,12 @@ void tr_gemm_bf16(int M, int N, int K, const uint16_t *A, ptrdiff_t lda, const u
 }
 
 void tr_pack_bf16_t(uint32_t *P, int ldp, const float *W, ptrdiff_t ldw, int rows, int K) {
+#ifdef TR_AVX512
+    if (tr_kern_bf16_emulated()) {
+        pack_bf16_t_avx2(P, ldp, W, ldw, rows, K);
+        return;
+    }
+#endif
     TR_DISPATCH(tr_kern_bf16(), pack_bf16_t_avx512, tr_pack_bf16_t_ref, P, ldp, W, ldw, rows, K);
 }
 
