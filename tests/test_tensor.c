@@ -1103,13 +1103,16 @@ static void test_matmul_q8_extremes(void **state) {
  * groups of 4 and 5 give it 3 + 1 and 3 + 2), two slots, positions up to 47; head dims 64 (the AVX-512
  * pair kernel) and 128, and 40, 48, 56 and 200 (not multiples of 16: AVX2 only, its slices of 4 V
  * vectors ending with 1, 2, 3 and 1). */
-static void attention_case(int D, int H) {
+static void attention_case(int D, int H, bool f16) {
     enum { S = 2, L = 2, C = 48, HKV = 2, N = 15 };
     const int KV = HKV * D;
     ia_rng r;
     ia_rng_seed(&r, 41);
     float *kc = xmalloc(sizeof(float) * S * L * C * KV), *vc = xmalloc(sizeof(float) * S * L * C * KV);
     for (size_t i = 0; i < (size_t)S * L * C * KV; i++) kc[i] = ia_rng_normal(&r), vc[i] = ia_rng_normal(&r);
+    if (f16) /* the same cache in f16 (each value rounded), read by the kernels in place */
+        for (size_t i = 0; i < (size_t)S * L * C * KV; i++)
+            ((uint16_t *)kc)[i] = ia_fp32_to_fp16(kc[i]), ((uint16_t *)vc)[i] = ia_fp32_to_fp16(vc[i]);
     float *q = xmalloc(sizeof(float) * N * H * D), *o1 = xmalloc(sizeof(float) * N * H * D);
     float *o2 = xmalloc(sizeof(float) * N * H * D), *o3 = xmalloc(sizeof(float) * N * H * D);
     for (int i = 0; i < N * H * D; i++) q[i] = 16.0f / sqrtf((float)D) * ia_rng_normal(&r);
@@ -1118,7 +1121,7 @@ static void attention_case(int D, int H) {
     int32_t pos[N] = {0, 1, 15, 16, 17, 31, 40, 5, 33, 20, 21, 7, 3, 47, 9};
     int32_t slot[N] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 0};
     float *sc = xmalloc(sizeof(float) * 4 * C);
-    ia_attn a = {.out = o1, .q = q, .k_cache = kc, .v_cache = vc, .pos = pos, .slot = slot, .n_tok = N, .n_head = H,
+    ia_attn a = {.out = o1, .q = q, .k_cache = kc, .v_cache = vc, .kv_f16 = f16, .pos = pos, .slot = slot, .n_tok = N, .n_head = H,
                  .n_head_kv = HKV, .head_dim = D, .n_layer = L, .layer = 1, .n_ctx = C, .scale = 1.0f / sqrtf((float)D),
                  .scratch = sc, .n_scratch = 4};
     ia_attention_ref(&a);
@@ -1130,7 +1133,8 @@ static void attention_case(int D, int H) {
         ia_attention(&a);
         for (int i = 0; i < N * H * D; i++)
             if (fabsf(o2[i] - o1[i]) > 1e-5f * (1.0f + fabsf(o1[i])))
-                fail_msg("%s attention (D %d, H %d) [%d]: %g vs reference %g", kernels[k], D, H, i, (double)o2[i], (double)o1[i]);
+                fail_msg("%s attention (D %d, H %d, %s cache) [%d]: %g vs reference %g", kernels[k], D, H, f16 ? "f16" : "f32", i,
+                         (double)o2[i], (double)o1[i]);
         ia_set_threads(1);
         for (int t = 0; t < N; t++) {
             ia_attn b = a;
@@ -1142,7 +1146,7 @@ static void attention_case(int D, int H) {
             ia_attention(&b);
         }
         if (memcmp(o2, o3, sizeof(float) * N * H * D) != 0)
-            fail_msg("%s attention (D %d, H %d): batch != one at a time", kernels[k], D, H);
+            fail_msg("%s attention (D %d, H %d, %s cache): batch != one at a time", kernels[k], D, H, f16 ? "f16" : "f32");
     }
     ia_set_threads(saved);
     ia_kernel_force(NULL);
@@ -1152,7 +1156,42 @@ static void attention_case(int D, int H) {
 static void test_attention(void **state) {
     (void)state;
     const int cases[][2] = {{64, 8}, {128, 8}, {40, 8}, {48, 10}, {56, 10}, {200, 8}};
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i][0], cases[i][1]);
+    for (int f16 = 0; f16 < 2; f16++)
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i][0], cases[i][1], f16);
+}
+
+/* f32 rows to f16 (the KV cache) in every family: ia_fp32_to_fp16's bits (round to nearest even) over
+ * normals at every f16 exponent, exact ties, f16 subnormals, overflow to infinity, signed zeros and
+ * infinities, in rows whose lengths leave every tail. */
+static void test_fp16_rows(void **state) {
+    (void)state;
+    enum { N = 4099 };
+    float *x = xmalloc(sizeof(float) * N);
+    uint16_t *h1 = xmalloc(sizeof(uint16_t) * N), *h2 = xmalloc(sizeof(uint16_t) * N);
+    ia_rng r;
+    ia_rng_seed(&r, 77);
+    for (int i = 0; i < N; i++) x[i] = ldexpf(ia_rng_normal(&r), (int)(ia_rng_next(&r) % 48) - 30);
+    for (int i = 0; i < 64; i++) /* halfway between two f16 values (1 + (2i+1)/2048): ties go to even */
+        x[i] = 1.0f + (float)(2 * i + 1) / 2048.0f;
+    const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, 65504.0f, 65519.0f, 65520.0f, -70000.0f,
+                             5.96e-8f, 2.98e-8f, 2.99e-8f, -6.1e-5f, 6.0e-5f, 1e-10f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++) x[100 + i] = special[i];
+    for (int k = 0; k < N_KERNELS; k++) {
+        if (!ia_kernel_force(kernels[k])) continue;
+        for (int n = 1; n <= N; n += n < 40 ? 1 : 1000) {
+            memset(h1, 0xAB, sizeof(uint16_t) * N);
+            ia_fp16_from_f32(h1, x, (size_t)n);
+            for (int i = 0; i < n; i++)
+                if (h1[i] != ia_fp32_to_fp16(x[i]))
+                    fail_msg("%s fp16 row (n %d) [%d]: %g -> 0x%04x, expected 0x%04x", kernels[k], n, i, (double)x[i], h1[i],
+                             ia_fp32_to_fp16(x[i]));
+            if (n < N && h1[n] != 0xABAB) fail_msg("%s fp16 row (n %d): wrote past the end", kernels[k], n);
+        }
+    }
+    ia_kernel_force(NULL);
+    ia_fp16_from_f32_ref(h2, x, N);
+    for (int i = 0; i < N; i++) assert_int_equal(h2[i], ia_fp32_to_fp16(x[i]));
+    free(x); free(h1); free(h2);
 }
 
 static void test_logsumexp(void **state) {
@@ -1280,6 +1319,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_matmul_q8_extremes),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_logsumexp),
+        cmocka_unit_test(test_fp16_rows),
         cmocka_unit_test(test_swiglu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -267,11 +267,14 @@ typedef struct bres {
 
 static void add_fig(bres *R, const char *key, json_t *v) { json_object_set_new(R->root, key, v); }
 
+/* Prefill, decode, batched generation and their check run as generation does, with an f16 KV cache
+ * (ia_context_init_f16kv, llama.cpp's default too); scoring keeps the f32 cache of the evaluations. */
+
 /* Prefill: pp tokens in one batch, logits for the last (llama-bench pp). Check: the last row equals,
  * bit for bit, the same prompt with its last 8 tokens decoded one at a time (batch invariance at
  * the measured size; the small-batch path itself is checked against the reference separately). */
 static int bench_pp(bres *R, brun *r, const bench_opts *o, ia_rng *g, ia_error *err) {
-    ia_context *c = ia_context_init(r->m, 1, o->pp, o->pp, err);
+    ia_context *c = ia_context_init_f16kv(r->m, 1, o->pp, o->pp, err);
     if (!c) return -1;
     int32_t *ids = ia_malloc(sizeof(int32_t) * (size_t)o->pp);
     float *last = ia_malloc(sizeof(float) * (size_t)r->V);
@@ -317,7 +320,7 @@ out:
  * first check_tok rows of logits are kept for the reference check. */
 static int bench_tg(bres *R, brun *r, const bench_opts *o, ia_rng *g, float *keep, int32_t *kept_ids,
                     ia_error *err) {
-    ia_context *c = ia_context_init(r->m, 1, o->tg + 1, 1, err);
+    ia_context *c = ia_context_init_f16kv(r->m, 1, o->tg + 1, 1, err);
     if (!c) return -1;
     double t[64];
     int reps = o->reps < 64 ? o->reps : 64, rc = -1;
@@ -367,7 +370,7 @@ out:
  * first 2 steps equal, bit for bit, the same sequence run alone. */
 static int bench_batch1(bres *R, brun *r, const bench_opts *o, ia_rng *g, int npl, json_t *arr, ia_error *err) {
     const int C = o->npp + o->ntg, V = r->V;
-    ia_context *c = ia_context_init(r->m, npl, C, npl > o->npp ? npl : o->npp, err);
+    ia_context *c = ia_context_init_f16kv(r->m, npl, C, npl > o->npp ? npl : o->npp, err);
     if (!c) return -1;
     int rc = -1;
     int32_t *prompts = ia_malloc(sizeof(int32_t) * (size_t)npl * o->npp);
@@ -410,7 +413,7 @@ static int bench_batch1(bres *R, brun *r, const bench_opts *o, ia_rng *g, int np
     bool ok = allocs == 0;
     if ((o->what & B_CHECK) && o->ntg >= 2) {
         ia_context_free(c);
-        c = ia_context_init(r->m, 1, C, o->npp, err);
+        c = ia_context_init_f16kv(r->m, 1, C, o->npp, err);
         if (!c) goto out;
         memcpy(hist, prompts + (size_t)(npl - 1) * o->npp, sizeof(int32_t) * (size_t)o->npp);
         if (!run_seq(r, c, 0, hist, o->npp, 0, o->npp, false, err)) goto out;
@@ -532,7 +535,7 @@ static int bench_check(bres *R, brun *r, const bench_opts *o, const float *keep,
                        ia_error *err) {
     const int V = r->V, K = nk;
     float *ref = ia_malloc(sizeof(float) * (size_t)K * V), *fast = ia_malloc(sizeof(float) * (size_t)K * V);
-    ia_context *c = ia_context_init(r->m, 1, K, K, err);
+    ia_context *c = ia_context_init_f16kv(r->m, 1, K, K, err);
     int rc = -1;
     if (!ref || !fast || !c) { if (c) ia_error_set(err, IA_ERR_NOMEM, "bench: out of memory"); goto out; }
     const char *fam = ia_cpu_kernel_name();

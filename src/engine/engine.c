@@ -62,7 +62,7 @@ ia_engine *ia_engine_init(ia_model *m, int n_slots, int n_ctx, int n_batch, ia_e
     e->n_ctx = n_ctx;
     e->n_batch = n_batch;
     pthread_mutex_init(&e->mu, NULL);
-    e->ctx = ia_context_init(m, n_slots, n_ctx, n_batch, err);
+    e->ctx = ia_context_init_f16kv(m, n_slots, n_ctx, n_batch, err); /* generation: f16 cache */
     if (!e->ctx) { ia_engine_free(e); return NULL; }
     e->slot_owner = ia_malloc(sizeof(int) * (size_t)n_slots);
     e->b_token = ia_malloc(sizeof(int32_t) * (size_t)n_batch);

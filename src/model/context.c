@@ -16,8 +16,9 @@ struct ia_context {
     int n_ctx;              /* C: positions per slot */
     int n_batch;            /* most tokens per decode */
     int kv_dim;             /* Hkv*D */
-    float *k_cache;         /* [S][L][C][Hkv*D] */
-    float *v_cache;         /* [S][L][C][Hkv*D] */
+    void *k_cache;          /* [S][L][C][Hkv*D], f32 or (kv_f16) f16 */
+    void *v_cache;          /* [S][L][C][Hkv*D] */
+    bool kv_f16;
     float *rope_cos;        /* [C][n_rot/2] cos(theta(pos, i)), computed in double at init */
     float *rope_sin;        /* [C][n_rot/2] */
     float *x;               /* [n_batch][E] residual stream */
@@ -37,7 +38,17 @@ struct ia_context {
 /* a*b, or SIZE_MAX on overflow (which the allocator then refuses: reported as out of memory). */
 static size_t mul_sz(size_t a, size_t b) { return (a && b > SIZE_MAX / a) ? SIZE_MAX : a * b; }
 
+static ia_context *context_init(const ia_model *m, int n_slots, int n_ctx, int n_batch, bool kv_f16, ia_error *err);
+
 ia_context *ia_context_init(const ia_model *m, int n_slots, int n_ctx, int n_batch, ia_error *err) {
+    return context_init(m, n_slots, n_ctx, n_batch, false, err);
+}
+
+ia_context *ia_context_init_f16kv(const ia_model *m, int n_slots, int n_ctx, int n_batch, ia_error *err) {
+    return context_init(m, n_slots, n_ctx, n_batch, true, err);
+}
+
+static ia_context *context_init(const ia_model *m, int n_slots, int n_ctx, int n_batch, bool kv_f16, ia_error *err) {
     if (!m) { ia_error_set(err, IA_ERR_ARG, "ia_context_init: model is NULL"); return NULL; }
     if (n_slots < 1 || n_ctx < 1 || n_batch < 1) {
         ia_error_set(err, IA_ERR_ARG, "ia_context_init: n_slots %d, n_ctx %d, n_batch %d must all be >= 1",
@@ -51,6 +62,7 @@ ia_context *ia_context_init(const ia_model *m, int n_slots, int n_ctx, int n_bat
     c->n_slots = n_slots;
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
+    c->kv_f16 = kv_f16;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
     size_t E = (size_t)hp->n_embd, Dq = (size_t)hp->n_head * hp->head_dim, F = (size_t)hp->n_ff;
     size_t V = (size_t)hp->n_vocab, NB = (size_t)n_batch, half = (size_t)hp->n_rot / 2;
@@ -63,12 +75,13 @@ ia_context *ia_context_init(const ia_model *m, int n_slots, int n_ctx, int n_bat
     c->n_att_thr = 1;
 #endif
     size_t kv = mul_sz(mul_sz(mul_sz((size_t)n_slots, (size_t)hp->n_layer), (size_t)n_ctx), (size_t)c->kv_dim);
-    size_t kv_bytes = mul_sz(kv, sizeof(float));
+    const size_t kv_es = kv_f16 ? sizeof(uint16_t) : sizeof(float);
+    size_t kv_bytes = mul_sz(kv, kv_es);
     if (kv_bytes == SIZE_MAX) goto nomem;
     /* calloc: never-written positions read as zeros (deterministic), and untouched pages of a large
      * cache cost no memory until used. */
-    c->k_cache = ia_calloc(kv, sizeof(float));
-    c->v_cache = ia_calloc(kv, sizeof(float));
+    c->k_cache = ia_calloc(kv, kv_es);
+    c->v_cache = ia_calloc(kv, kv_es);
     c->rope_cos = ia_malloc(mul_sz(mul_sz((size_t)n_ctx, half ? half : 1), sizeof(float)));
     c->rope_sin = ia_malloc(mul_sz(mul_sz((size_t)n_ctx, half ? half : 1), sizeof(float)));
     c->x = ia_malloc(mul_sz(mul_sz(NB, E), sizeof(float)));
@@ -99,7 +112,7 @@ ia_context *ia_context_init(const ia_model *m, int n_slots, int n_ctx, int n_bat
 nomem:
     ia_error_set(err, IA_ERR_NOMEM, "ia_context_init: out of memory for %d slots x %d positions x %d layers "
                  "(KV cache %.1f MiB) and a batch of %d", n_slots, n_ctx, hp->n_layer,
-                 (double)kv * 2 * sizeof(float) / (1024.0 * 1024.0), n_batch);
+                 (double)kv * 2 * kv_es / (1024.0 * 1024.0), n_batch);
     ia_context_free(c);
     return NULL;
 }
@@ -203,8 +216,13 @@ static void rows_range(const rows_job *j, int t0, int t1) {
             rope(q, H, D, hp->n_rot, hp->rope_type, cs, sn);
             rope(k, Hkv, D, hp->n_rot, hp->rope_type, cs, sn);
             size_t off = (((size_t)j->b->slot[t] * L + j->l) * C + j->b->pos[t]) * KV;
-            memcpy(c->k_cache + off, k, (size_t)KV * sizeof(float));
-            memcpy(c->v_cache + off, v, (size_t)KV * sizeof(float));
+            if (c->kv_f16) { /* rounded to nearest even, as ggml stores its f16 cache */
+                ia_fp16_from_f32((uint16_t *)c->k_cache + off, k, (size_t)KV);
+                ia_fp16_from_f32((uint16_t *)c->v_cache + off, v, (size_t)KV);
+            } else {
+                memcpy((float *)c->k_cache + off, k, (size_t)KV * sizeof(float));
+                memcpy((float *)c->v_cache + off, v, (size_t)KV * sizeof(float));
+            }
             break;
         }
         case ROWS_ATTN_OUT: { /* residual, then the feed-forward norm */
@@ -310,8 +328,8 @@ int ia_context_decode(ia_context *c, const ia_batch *b, ia_error *err) {
         /* Causal attention (src/tensor/attention.c): each (token, head) is computed by one thread in
          * a fixed order, so it does not depend on the batch or the thread count. Output goes to xb. */
         float *out = c->xb;
-        const ia_attn at = {.out = out, .q = c->q, .k_cache = c->k_cache, .v_cache = c->v_cache, .pos = b->pos,
-                            .slot = b->slot, .n_tok = N, .n_head = H, .n_head_kv = Hkv, .head_dim = D, .n_layer = L,
+        const ia_attn at = {.out = out, .q = c->q, .k_cache = c->k_cache, .v_cache = c->v_cache, .kv_f16 = c->kv_f16,
+                            .pos = b->pos, .slot = b->slot, .n_tok = N, .n_head = H, .n_head_kv = Hkv, .head_dim = D, .n_layer = L,
                             .layer = l, .n_ctx = C, .scale = scale, .scratch = c->att, .n_scratch = nth};
         ia_attention(&at);
         /* q is free again: the projection goes there, then into the residual (and the next norm). */
@@ -361,11 +379,12 @@ int ia_context_kv_copy(ia_context *c, int src, int dst, int n_pos, ia_error *err
                             "%d slots of %d positions)", src, dst, n_pos, c->n_slots, c->n_ctx);
     if (src == dst || n_pos == 0) return IA_OK;
     const int L = c->m->hp.n_layer;
-    const size_t row = (size_t)c->kv_dim, layer = (size_t)c->n_ctx * row, bytes = (size_t)n_pos * row * sizeof(float);
+    const size_t row = (size_t)c->kv_dim, layer = (size_t)c->n_ctx * row, es = c->kv_f16 ? 2 : 4;
+    const size_t bytes = (size_t)n_pos * row * es;
     for (int l = 0; l < L; l++) {
         size_t so = ((size_t)src * L + l) * layer, d = ((size_t)dst * L + l) * layer;
-        memcpy(c->k_cache + d, c->k_cache + so, bytes);
-        memcpy(c->v_cache + d, c->v_cache + so, bytes);
+        memcpy((char *)c->k_cache + d * es, (const char *)c->k_cache + so * es, bytes);
+        memcpy((char *)c->v_cache + d * es, (const char *)c->v_cache + so * es, bytes);
     }
     return IA_OK;
 }

@@ -22,6 +22,22 @@
 /* ---- reference ---------------------------------------------------------------------------- */
 
 
+/* Element i of a K or V cache, as f32 */
+static inline float kv_get(const void *c, size_t i, bool f16) {
+    return f16 ? ia_fp16_to_fp32(((const uint16_t *)c)[i]) : ((const float *)c)[i];
+}
+
+/* ia_dot8 of a and n cache elements from element i0 */
+static float dot8_kv(const float *a, const void *c, size_t i0, int n, bool f16) {
+    float acc[8] = {0};
+    const int nv = n & ~7;
+    for (int k = 0; k < nv; k += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[k + l] * kv_get(c, i0 + (size_t)(k + l), f16);
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int k = nv; k < n; k++) s += a[k] * kv_get(c, i0 + (size_t)k, f16);
+    return s;
+}
+
 /* One (token t, head h): softmax(q·K^T * scale) · V over positions 0..pos[t] of the token's slot. */
 static void attn_one_ref(const ia_attn *a, int t, int h, float *sc) {
     const int D = a->head_dim, KV = a->n_head_kv * D, group = a->n_head / a->n_head_kv;
@@ -30,7 +46,7 @@ static void attn_one_ref(const ia_attn *a, int t, int h, float *sc) {
     const size_t base = ((size_t)a->slot[t] * a->n_layer + a->layer) * a->n_ctx * (size_t)KV + (size_t)(h / group) * D;
     float mx = -INFINITY;
     for (int p = 0; p <= pos; p++) {
-        float s = ia_dot8(qh, a->k_cache + base + (size_t)p * KV, D) * a->scale;
+        float s = dot8_kv(qh, a->k_cache, base + (size_t)p * KV, D, a->kv_f16) * a->scale;
         sc[p] = s;
         if (s > mx) mx = s;
     }
@@ -43,9 +59,9 @@ static void attn_one_ref(const ia_attn *a, int t, int h, float *sc) {
     float *o = a->out + (size_t)t * a->n_head * D + (size_t)h * D;
     for (int d = 0; d < D; d++) o[d] = 0;
     for (int p = 0; p <= pos; p++) {
-        const float *vp = a->v_cache + base + (size_t)p * KV;
+        const size_t vp = base + (size_t)p * KV;
         const float w = sc[p] * inv;
-        for (int d = 0; d < D; d++) o[d] += w * vp[d];
+        for (int d = 0; d < D; d++) o[d] += w * kv_get(a->v_cache, vp + (size_t)d, a->kv_f16);
     }
 }
 
@@ -85,7 +101,7 @@ void ia_attention_ref(const ia_attn *a) { attn_run(a, attn_one_ref); }
 /* ---- AVX-512 ------------------------------------------------------------------------------- */
 
 #if defined(__x86_64__)
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) inline
 
 /* exp(x) for x <= 0 (scores minus their maximum): ia_exp512, and exactly 0 below -87.3 (no denormals). */
@@ -156,7 +172,10 @@ T512 static void hperm_init(void) {
     atomic_store(&g_hperm_ready, 1);
 }
 
-/* The kernels, for head dims 64 and 128 and for any other multiple of 16 (attention_kern.h). */
+/* The kernels, for head dims 64 and 128 and for any other multiple of 16 (attention_kern.h), each
+ * for an f32 cache and for an f16 one (ATT_KV: the element type; ATT_LD16: 16 of them as f32). */
+#define ATT_KV float
+#define ATT_LD16(p) _mm512_loadu_ps(p)
 #define ATT_UNROLL _Pragma("GCC unroll 16")
 #define ATT_NAME(x) x##_4
 #define ATT_NDMAX 4
@@ -182,20 +201,58 @@ T512 static void hperm_init(void) {
 #undef ATT_NDMAX
 #undef ATT_ND
 #undef ATT_UNROLL
+#undef ATT_KV
+#undef ATT_LD16
+#define ATT_KV uint16_t
+#define ATT_LD16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define ATT_UNROLL _Pragma("GCC unroll 16")
+#define ATT_NAME(x) x##_4h
+#define ATT_NDMAX 4
+#define ATT_ND 4
+#include "attention_kern.h"
+#undef ATT_NAME
+#undef ATT_NDMAX
+#undef ATT_ND
+#define ATT_NAME(x) x##_8h
+#define ATT_NDMAX 8
+#define ATT_ND 8
+#include "attention_kern.h"
+#undef ATT_NAME
+#undef ATT_NDMAX
+#undef ATT_ND
+#undef ATT_UNROLL
+#define ATT_UNROLL
+#define ATT_NAME(x) x##_xh
+#define ATT_NDMAX 16
+#define ATT_ND nd_
+#include "attention_kern.h"
+#undef ATT_NAME
+#undef ATT_NDMAX
+#undef ATT_ND
+#undef ATT_UNROLL
+#undef ATT_KV
+#undef ATT_LD16
 
 /* Head dims 64 and 128 get their own instances, so the accumulators live in registers (with a run-time
  * count GCC kept them on the stack: a store-forwarding chain per FMA). Same operations either way. */
 
 T512 static void attn_group_avx512(const ia_attn *a, int t, int h0, int nh, float *sc) {
     const int nd = a->head_dim / 16;
-    if (nd == 4) attn_group_4(a, t, h0, nh, sc, 4);
-    else if (nd == 8) attn_group_8(a, t, h0, nh, sc, 8);
-    else attn_group_x(a, t, h0, nh, sc, nd);
+    if (a->kv_f16) {
+        if (nd == 4) attn_group_4h(a, t, h0, nh, sc, 4);
+        else if (nd == 8) attn_group_8h(a, t, h0, nh, sc, 8);
+        else attn_group_xh(a, t, h0, nh, sc, nd);
+    } else {
+        if (nd == 4) attn_group_4(a, t, h0, nh, sc, 4);
+        else if (nd == 8) attn_group_8(a, t, h0, nh, sc, 8);
+        else attn_group_x(a, t, h0, nh, sc, nd);
+    }
 }
 
 /* Two tokens of one slot, head dim 64 (attention_kern.h). */
 T512 static void attn_pair_avx512(const ia_attn *a, int ta, int tb, int h0, int nh, float *sc) {
-    attn_pair_4(a, ta, tb, h0, nh, sc);
+    if (a->kv_f16) attn_pair_4h(a, ta, tb, h0, nh, sc);
+    else attn_pair_4(a, ta, tb, h0, nh, sc);
 }
 
 /* One (token, head): the group kernel for a single head (one score row in sc). */
@@ -234,7 +291,12 @@ T512 static double lse_avx512(const float *x, int n) {
 
 /* ---- AVX2 (head dims a multiple of 8) ----------------------------------------------------- */
 
-#define T256 __attribute__((target("avx2,fma")))
+#define T256 __attribute__((target("avx2,fma,f16c")))
+
+/* 8 elements of a K or V cache from element i, as f32 (f16 widened exactly) */
+T256 static INLINE __m256 kv_ld8(const void *c, size_t i, const bool f16) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)c + i))) : _mm256_loadu_ps((const float *)c + i);
+}
 
 /* exp(x) for x <= 0 (scores minus their maximum): ia_exp256, and exactly 0 below -87.3 (as exp512). */
 T256 static INLINE __m256 exp256(__m256 x) {
@@ -276,21 +338,21 @@ T256 static INLINE void softmax_row_avx2(float *sh, int np) {
  * NC x W accumulators (at most 3 x 4, with the V vector and the NC weights all 16 registers), each
  * V vector loaded once for the NC heads. Every accumulator gets its FMAs in p order from zero, so a
  * head's bits do not depend on NC. With one head, 8 accumulators, each FMA waited on the last. */
-T256 static INLINE void av_heads_avx2(const float *V, int KV, int np, const float *sc, int C, float *out, int D,
-                                      const int NC, const int W) {
+T256 static INLINE void av_heads_avx2(const void *V, size_t v0, int KV, int np, const float *sc, int C, float *out,
+                                      int D, const int NC, const int W, const bool f16) {
     __m256 o[3][4];
 #pragma GCC unroll 3
     for (int h = 0; h < NC; h++)
 #pragma GCC unroll 4
         for (int j = 0; j < W; j++) o[h][j] = _mm256_setzero_ps();
     for (int p = 0; p < np; p++) {
-        const float *vp = V + (size_t)p * KV;
+        const size_t vp = v0 + (size_t)p * KV;
         __m256 w[3];
 #pragma GCC unroll 3
         for (int h = 0; h < NC; h++) w[h] = _mm256_broadcast_ss(sc + (size_t)h * C + p);
 #pragma GCC unroll 4
         for (int j = 0; j < W; j++) {
-            const __m256 v = _mm256_loadu_ps(vp + 8 * j);
+            const __m256 v = kv_ld8(V, vp + 8 * j, f16);
 #pragma GCC unroll 3
             for (int h = 0; h < NC; h++) o[h][j] = _mm256_fmadd_ps(w[h], v, o[h][j]);
         }
@@ -304,26 +366,26 @@ T256 static INLINE void av_heads_avx2(const float *V, int KV, int np, const floa
 /* Query heads h0 .. h0 + nh - 1 of token t sharing a KV head, as attn_group: per head the same
  * operations whatever nh is. Scores 8 positions at a time (each position's dot accumulates 8 lanes over
  * d, then hsum8x8), with the 8 K rows kept in L1 for all nh heads. */
-T256 static void attn_group_avx2(const ia_attn *a, int t, int h0, int nh, float *sc) {
+T256 static INLINE void attn_group_avx2_kv(const ia_attn *a, int t, int h0, int nh, float *sc, const bool f16) {
     const int D = a->head_dim, nd = D / 8, KV = a->n_head_kv * D, group = a->n_head / a->n_head_kv, C = a->n_ctx;
     const int np = a->pos[t] + 1;
     const size_t base = ((size_t)a->slot[t] * a->n_layer + a->layer) * C * (size_t)KV + (size_t)(h0 / group) * D;
-    const float *K = a->k_cache + base, *V = a->v_cache + base;
+    const void *K = a->k_cache, *V = a->v_cache; /* rows from element base */
     const __m256 scale = _mm256_set1_ps(a->scale);
     for (int p0 = 0; p0 < np; p0 += 8) {
         const int n = np - p0 < 8 ? np - p0 : 8;
-        const float *kp[8];
-        for (int i = 0; i < 8; i++) kp[i] = K + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
+        size_t kp[8];
+        for (int i = 0; i < 8; i++) kp[i] = base + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
         for (int h = 0; h < nh; h++) {
             const float *qh = a->q + (size_t)t * a->n_head * D + (size_t)(h0 + h) * D;
             __m256 acc[8];
             const __m256 q0 = _mm256_loadu_ps(qh);
 #pragma GCC unroll 8
-            for (int i = 0; i < 8; i++) acc[i] = _mm256_mul_ps(q0, _mm256_loadu_ps(kp[i]));
+            for (int i = 0; i < 8; i++) acc[i] = _mm256_mul_ps(q0, kv_ld8(K, kp[i], f16));
             for (int j = 1; j < nd; j++) {
                 const __m256 qv = _mm256_loadu_ps(qh + 8 * j);
 #pragma GCC unroll 8
-                for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[i] + 8 * j), acc[i]);
+                for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(qv, kv_ld8(K, kp[i] + 8 * j, f16), acc[i]);
             }
             _mm256_maskstore_ps(sc + (size_t)h * C + p0, ia_mask8(n), _mm256_mul_ps(hsum8x8(acc), scale));
         }
@@ -336,7 +398,7 @@ T256 static void attn_group_avx2(const ia_attn *a, int t, int h0, int nh, float 
         float *o0 = a->out + (size_t)t * a->n_head * D + (size_t)(h0 + c0) * D;
         for (int j0 = 0; j0 < nd; j0 += 4) {
             const int w = nd - j0 < 4 ? nd - j0 : 4;
-#define AV(NC, W) av_heads_avx2(V + 8 * j0, KV, np, s0, C, o0 + 8 * j0, D, NC, W)
+#define AV(NC, W) av_heads_avx2(V, base + 8 * j0, KV, np, s0, C, o0 + 8 * j0, D, NC, W, f16)
 #define AV_W(NC) (w == 4 ? AV(NC, 4) : w == 3 ? AV(NC, 3) : w == 2 ? AV(NC, 2) : AV(NC, 1))
             if (nc == 3) AV_W(3);
             else if (nc == 2) AV_W(2);
@@ -345,6 +407,11 @@ T256 static void attn_group_avx2(const ia_attn *a, int t, int h0, int nh, float 
 #undef AV
         }
     }
+}
+
+T256 static void attn_group_avx2(const ia_attn *a, int t, int h0, int nh, float *sc) {
+    if (a->kv_f16) attn_group_avx2_kv(a, t, h0, nh, sc, true);
+    else attn_group_avx2_kv(a, t, h0, nh, sc, false);
 }
 
 T256 static void attn_one_avx2(const ia_attn *a, int t, int h, float *sc) { attn_group_avx2(a, t, h, 1, sc); }

@@ -1,11 +1,12 @@
 /* attention_kern.h — the AVX-512 attention kernels for one head dimension, included by attention.c
- * once per instance with ATT_NAME(x) (a name suffix), ATT_NDMAX (vectors per head, the array size),
+ * once per instance with ATT_NAME(x) (a name suffix), ATT_KV and ATT_LD16 (the cache's element type,
+ * f32 or f16, and a load of 16 as f32), ATT_NDMAX (vectors per head, the array size),
  * ATT_ND (the count: a constant for 64 and 128, so accumulators stay in registers; with a run-time
  * count GCC kept them on the stack, a store-forwarding chain per FMA) and ATT_UNROLL. */
 
 /* o[h] = sum_p sc[h][p] v_p for NC heads (rows of sc C apart, outputs D apart; sc already normalised):
  * each V row is loaded once into registers for all NC heads. */
-T512 static INLINE void ATT_NAME(av_chunk)(const float *V, int KV, int np, const float *sc, int C, float *out,
+T512 static INLINE void ATT_NAME(av_chunk)(const ATT_KV *V, int KV, int np, const float *sc, int C, float *out,
                                  int D, const int NC, const int ND) {
     __m512 o[4][ATT_NDMAX];
     ATT_UNROLL
@@ -13,10 +14,10 @@ T512 static INLINE void ATT_NAME(av_chunk)(const float *V, int KV, int np, const
         ATT_UNROLL
         for (int j = 0; j < ND; j++) o[h][j] = _mm512_setzero_ps();
     for (int p = 0; p < np; p++) {
-        const float *vp = V + (size_t)p * KV;
+        const ATT_KV *vp = V + (size_t)p * KV;
         __m512 v[ATT_NDMAX];
         ATT_UNROLL
-        for (int j = 0; j < ND; j++) v[j] = _mm512_loadu_ps(vp + 16 * j);
+        for (int j = 0; j < ND; j++) v[j] = ATT_LD16(vp + 16 * j);
         ATT_UNROLL
         for (int h = 0; h < NC; h++) {
             const __m512 w = _mm512_set1_ps(sc[(size_t)h * C + p]);
@@ -41,7 +42,7 @@ T512 static INLINE void ATT_NAME(attn_group)(const ia_attn *a, int t, int h0, in
     const int D = a->head_dim, KV = a->n_head_kv * D, group = a->n_head / a->n_head_kv, C = a->n_ctx;
     const int pos = a->pos[t], np = pos + 1;
     const size_t base = ((size_t)a->slot[t] * a->n_layer + a->layer) * C * (size_t)KV + (size_t)(h0 / group) * D;
-    const float *K = a->k_cache + base, *V = a->v_cache + base;
+    const ATT_KV *K = (const ATT_KV *)a->k_cache + base, *V = (const ATT_KV *)a->v_cache + base;
     const __m512i idx = _mm512_loadu_si512(g_hperm);
     const __m512 scale = _mm512_set1_ps(a->scale);
     for (int p0 = 0; p0 < np; p0 += 16) {
@@ -56,10 +57,10 @@ T512 static INLINE void ATT_NAME(attn_group)(const ia_attn *a, int t, int h0, in
             __m512 acc[16];
             ATT_UNROLL
             for (int i = 0; i < 16; i++) {
-                const float *kp = K + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
-                __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp));
+                const ATT_KV *kp = K + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
+                __m512 s = _mm512_mul_ps(qv[0], ATT_LD16(kp));
                 ATT_UNROLL
-                for (int j = 1; j < nd; j++) s = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(kp + 16 * j), s);
+                for (int j = 1; j < nd; j++) s = _mm512_fmadd_ps(qv[j], ATT_LD16(kp + 16 * j), s);
                 acc[i] = s;
             }
             const __m512 s = _mm512_mul_ps(_mm512_permutexvar_ps(idx, hsum16(acc)), scale);
@@ -84,7 +85,7 @@ T512 static INLINE void ATT_NAME(attn_group)(const ia_attn *a, int t, int h0, in
 #if ATT_NDMAX == 4
 /* o[h] = sum_p s[h][p] v_p for NC heads of each of two tokens a and b (np_a and np_b positions): each V
  * row is loaded once for both while both need it. Every accumulator gets av_chunk's FMAs in p order. */
-T512 static INLINE void ATT_NAME(av_pair)(const float *V, int KV, int np_a, int np_b, const float *sa, const float *sb,
+T512 static INLINE void ATT_NAME(av_pair)(const ATT_KV *V, int KV, int np_a, int np_b, const float *sa, const float *sb,
                                           int C, float *oa, float *ob, int D, const int NC) {
     __m512 acc_a[3][4], acc_b[3][4];
     ATT_UNROLL
@@ -94,10 +95,10 @@ T512 static INLINE void ATT_NAME(av_pair)(const float *V, int KV, int np_a, int 
     const int n_both = np_a < np_b ? np_a : np_b;
     int p = 0;
     for (; p < n_both; p++) {
-        const float *vp = V + (size_t)p * KV;
+        const ATT_KV *vp = V + (size_t)p * KV;
         __m512 v[4];
         ATT_UNROLL
-        for (int j = 0; j < 4; j++) v[j] = _mm512_loadu_ps(vp + 16 * j);
+        for (int j = 0; j < 4; j++) v[j] = ATT_LD16(vp + 16 * j);
         ATT_UNROLL
         for (int h = 0; h < NC; h++) {
             const __m512 wa = _mm512_set1_ps(sa[(size_t)h * C + p]), wb = _mm512_set1_ps(sb[(size_t)h * C + p]);
@@ -113,14 +114,14 @@ T512 static INLINE void ATT_NAME(av_pair)(const float *V, int KV, int np_a, int 
         for (int h = 0; h < NC; h++) {
             const __m512 wa = _mm512_set1_ps(sa[(size_t)h * C + q]);
             ATT_UNROLL
-            for (int j = 0; j < 4; j++) acc_a[h][j] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(V + (size_t)q * KV + 16 * j), acc_a[h][j]);
+            for (int j = 0; j < 4; j++) acc_a[h][j] = _mm512_fmadd_ps(wa, ATT_LD16(V + (size_t)q * KV + 16 * j), acc_a[h][j]);
         }
     for (int q = p; q < np_b; q++)
         ATT_UNROLL
         for (int h = 0; h < NC; h++) {
             const __m512 wb = _mm512_set1_ps(sb[(size_t)h * C + q]);
             ATT_UNROLL
-            for (int j = 0; j < 4; j++) acc_b[h][j] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(V + (size_t)q * KV + 16 * j), acc_b[h][j]);
+            for (int j = 0; j < 4; j++) acc_b[h][j] = _mm512_fmadd_ps(wb, ATT_LD16(V + (size_t)q * KV + 16 * j), acc_b[h][j]);
         }
     ATT_UNROLL
     for (int h = 0; h < NC; h++)
@@ -139,7 +140,7 @@ T512 static INLINE void ATT_NAME(attn_pair)(const ia_attn *a, int ta, int tb, in
     const int D = a->head_dim, KV = a->n_head_kv * D, group = a->n_head / a->n_head_kv, C = a->n_ctx;
     const int np_a = a->pos[ta] + 1, np_b = a->pos[tb] + 1, np = np_a > np_b ? np_a : np_b;
     const size_t base = ((size_t)a->slot[ta] * a->n_layer + a->layer) * C * (size_t)KV + (size_t)(h0 / group) * D;
-    const float *K = a->k_cache + base, *V = a->v_cache + base;
+    const ATT_KV *K = (const ATT_KV *)a->k_cache + base, *V = (const ATT_KV *)a->v_cache + base;
     const __m512i idx = _mm512_loadu_si512(g_hperm);
     const __m512 scale = _mm512_set1_ps(a->scale);
     const float *qa = a->q + (size_t)ta * a->n_head * D + (size_t)h0 * D;
@@ -157,12 +158,12 @@ T512 static INLINE void ATT_NAME(attn_pair)(const ia_attn *a, int ta, int tb, in
             }
             ATT_UNROLL
             for (int i = 0; i < 8; i++) {
-                const float *kp = K + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
-                __m512 k = _mm512_loadu_ps(kp);
+                const ATT_KV *kp = K + (size_t)(p0 + (i < n ? i : n - 1)) * KV;
+                __m512 k = ATT_LD16(kp);
                 __m512 sa = _mm512_mul_ps(va[0], k), sb = _mm512_mul_ps(vb[0], k);
                 ATT_UNROLL
                 for (int j = 1; j < 4; j++) {
-                    k = _mm512_loadu_ps(kp + 16 * j);
+                    k = ATT_LD16(kp + 16 * j);
                     sa = _mm512_fmadd_ps(va[j], k, sa);
                     sb = _mm512_fmadd_ps(vb[j], k, sb);
                 }

@@ -1,5 +1,5 @@
 /* ops.c — element-wise steps of the forward passes (inference and training): SwiGLU (the plain
- * reference, AVX-512 and AVX2). */
+ * reference, AVX-512 and AVX2) and f32 to f16 rows (the KV cache). */
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -46,4 +46,28 @@ void ia_swiglu(float *h, const float *g, const float *u, size_t n) {
     }
 #endif
     ia_swiglu_ref(h, g, u, n);
+}
+
+void ia_fp16_from_f32_ref(uint16_t *h, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = ia_fp32_to_fp16(x[i]);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) static void fp16_from_f32_f16c(uint16_t *h, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) h[i] = ia_fp32_to_fp16(x[i]);
+}
+#endif
+
+void ia_fp16_from_f32(uint16_t *h, const float *x, size_t n) {
+#if defined(__x86_64__)
+    /* both families require F16C (ia_kernel_available) */
+    if (strcmp(ia_cpu_kernel_name(), "avx512") == 0 || strcmp(ia_cpu_kernel_name(), "avx2") == 0) {
+        fp16_from_f32_f16c(h, x, n);
+        return;
+    }
+#endif
+    ia_fp16_from_f32_ref(h, x, n);
 }

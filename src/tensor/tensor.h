@@ -148,9 +148,10 @@ size_t ia_qpack_bytes(void); /* bytes of packed copies held */
 typedef struct ia_attn {
     float *out;                     /* [n_tok][H*D] */
     const float *q;                 /* [n_tok][H*D], rotated */
-    const float *k_cache, *v_cache; /* [S][n_layer][n_ctx][Hkv*D] */
+    const void *k_cache, *v_cache;  /* [S][n_layer][n_ctx][Hkv*D]: f32, or f16 when kv_f16 */
     const int32_t *pos, *slot;      /* [n_tok] */
     int n_tok, n_head, n_head_kv, head_dim, n_layer, layer, n_ctx;
+    bool kv_f16;                    /* the caches hold f16 (widened exactly on load) */
     float scale;
     float *scratch;
     int n_scratch;
@@ -169,5 +170,10 @@ double ia_logsumexp_ref(const float *x, int n);
  * the training forward passes share it. */
 void ia_swiglu(float *h, const float *g, const float *u, size_t n);
 void ia_swiglu_ref(float *h, const float *g, const float *u, size_t n);
+
+/* h[i] = x[i] as f16, rounded to nearest even (ia_fp32_to_fp16's bits for every value but NaNs, which
+ * stay NaN): F16C with the AVX-512 and AVX2 families. For the f16 KV cache. */
+void ia_fp16_from_f32(uint16_t *h, const float *x, size_t n);
+void ia_fp16_from_f32_ref(uint16_t *h, const float *x, size_t n);
 
 #endif /* IA_TENSOR_H */
