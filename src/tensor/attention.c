@@ -172,66 +172,22 @@ T512 static void hperm_init(void) {
     atomic_store(&g_hperm_ready, 1);
 }
 
-/* The kernels, for head dims 64 and 128 and for any other multiple of 16 (attention_kern.h), each
- * for an f32 cache and for an f16 one (ATT_KV: the element type; ATT_LD16: 16 of them as f32). */
+/* The kernels for an f32 cache and for an f16 one (attention_inst.h: head dims 64, 128 and other
+ * multiples of 16 for each). */
 #define ATT_KV float
 #define ATT_LD16(p) _mm512_loadu_ps(p)
-#define ATT_UNROLL _Pragma("GCC unroll 16")
-#define ATT_NAME(x) x##_4
-#define ATT_NDMAX 4
-#define ATT_ND 4
-#include "attention_kern.h"
-#undef ATT_NAME
-#undef ATT_NDMAX
-#undef ATT_ND
-#define ATT_NAME(x) x##_8
-#define ATT_NDMAX 8
-#define ATT_ND 8
-#include "attention_kern.h"
-#undef ATT_NAME
-#undef ATT_NDMAX
-#undef ATT_ND
-#undef ATT_UNROLL
-#define ATT_UNROLL
-#define ATT_NAME(x) x##_x
-#define ATT_NDMAX 16
-#define ATT_ND nd_
-#include "attention_kern.h"
-#undef ATT_NAME
-#undef ATT_NDMAX
-#undef ATT_ND
-#undef ATT_UNROLL
+#define ATT_SFX(x, n) x##_##n
+#include "attention_inst.h"
 #undef ATT_KV
 #undef ATT_LD16
+#undef ATT_SFX
 #define ATT_KV uint16_t
 #define ATT_LD16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-#define ATT_UNROLL _Pragma("GCC unroll 16")
-#define ATT_NAME(x) x##_4h
-#define ATT_NDMAX 4
-#define ATT_ND 4
-#include "attention_kern.h"
-#undef ATT_NAME
-#undef ATT_NDMAX
-#undef ATT_ND
-#define ATT_NAME(x) x##_8h
-#define ATT_NDMAX 8
-#define ATT_ND 8
-#include "attention_kern.h"
-#undef ATT_NAME
-#undef ATT_NDMAX
-#undef ATT_ND
-#undef ATT_UNROLL
-#define ATT_UNROLL
-#define ATT_NAME(x) x##_xh
-#define ATT_NDMAX 16
-#define ATT_ND nd_
-#include "attention_kern.h"
-#undef ATT_NAME
-#undef ATT_NDMAX
-#undef ATT_ND
-#undef ATT_UNROLL
+#define ATT_SFX(x, n) x##_##n##h
+#include "attention_inst.h"
 #undef ATT_KV
 #undef ATT_LD16
+#undef ATT_SFX
 
 /* Head dims 64 and 128 get their own instances, so the accumulators live in registers (with a run-time
  * count GCC kept them on the stack: a store-forwarding chain per FMA). Same operations either way. */
