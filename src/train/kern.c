@@ -872,8 +872,10 @@ bool tr_kern_bf16(void) {
 #endif
 }
 
+#ifdef TR_AVX512
 /* the AVX2 emulation of the bf16 products: where AVX2 kernels run but the CPU has no AVX512_BF16 */
 static bool tr_kern_bf16_emulated(void) { return !tr_kern_bf16() && (tr_kern_avx512() || tr_kern_avx2()); }
+#endif
 
 void tr_bf16_rows(uint16_t *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int K) {
 #ifdef TR_AVX512
