@@ -35,6 +35,9 @@ struct ia_context {
     int n_logits;           /* rows of logits valid after the last decode */
 };
 
+/* Bytes per element of the KV cache */
+static size_t kv_es(bool kv_f16) { return kv_f16 ? sizeof(uint16_t) : sizeof(float); }
+
 /* a*b, or SIZE_MAX on overflow (which the allocator then refuses: reported as out of memory). */
 static size_t mul_sz(size_t a, size_t b) { return (a && b > SIZE_MAX / a) ? SIZE_MAX : a * b; }
 
@@ -75,13 +78,12 @@ static ia_context *context_init(const ia_model *m, int n_slots, int n_ctx, int n
     c->n_att_thr = 1;
 #endif
     size_t kv = mul_sz(mul_sz(mul_sz((size_t)n_slots, (size_t)hp->n_layer), (size_t)n_ctx), (size_t)c->kv_dim);
-    const size_t kv_es = kv_f16 ? sizeof(uint16_t) : sizeof(float);
-    size_t kv_bytes = mul_sz(kv, kv_es);
+    size_t kv_bytes = mul_sz(kv, kv_es(kv_f16));
     if (kv_bytes == SIZE_MAX) goto nomem;
     /* calloc: never-written positions read as zeros (deterministic), and untouched pages of a large
      * cache cost no memory until used. */
-    c->k_cache = ia_calloc(kv, kv_es);
-    c->v_cache = ia_calloc(kv, kv_es);
+    c->k_cache = ia_calloc(kv, kv_es(kv_f16));
+    c->v_cache = ia_calloc(kv, kv_es(kv_f16));
     c->rope_cos = ia_malloc(mul_sz(mul_sz((size_t)n_ctx, half ? half : 1), sizeof(float)));
     c->rope_sin = ia_malloc(mul_sz(mul_sz((size_t)n_ctx, half ? half : 1), sizeof(float)));
     c->x = ia_malloc(mul_sz(mul_sz(NB, E), sizeof(float)));
@@ -112,7 +114,7 @@ static ia_context *context_init(const ia_model *m, int n_slots, int n_ctx, int n
 nomem:
     ia_error_set(err, IA_ERR_NOMEM, "ia_context_init: out of memory for %d slots x %d positions x %d layers "
                  "(KV cache %.1f MiB) and a batch of %d", n_slots, n_ctx, hp->n_layer,
-                 (double)kv * 2 * kv_es / (1024.0 * 1024.0), n_batch);
+                 (double)kv * 2 * kv_es(kv_f16) / (1024.0 * 1024.0), n_batch);
     ia_context_free(c);
     return NULL;
 }
@@ -379,7 +381,7 @@ int ia_context_kv_copy(ia_context *c, int src, int dst, int n_pos, ia_error *err
                             "%d slots of %d positions)", src, dst, n_pos, c->n_slots, c->n_ctx);
     if (src == dst || n_pos == 0) return IA_OK;
     const int L = c->m->hp.n_layer;
-    const size_t row = (size_t)c->kv_dim, layer = (size_t)c->n_ctx * row, es = c->kv_f16 ? 2 : 4;
+    const size_t row = (size_t)c->kv_dim, layer = (size_t)c->n_ctx * row, es = kv_es(c->kv_f16);
     const size_t bytes = (size_t)n_pos * row * es;
     for (int l = 0; l < L; l++) {
         size_t so = ((size_t)src * L + l) * layer, d = ((size_t)dst * L + l) * layer;

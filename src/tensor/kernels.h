@@ -47,7 +47,7 @@ typedef struct ia_mm_kernel {
 /* How far ahead in its stream dot_rows prefetches, in bytes (one prefetch per 64-byte line). The
  * hardware prefetcher alone left SmolLM2-135M F16 decode at 113 tokens/s on one thread (133 with this;
  * two threads 132 -> 139, F32 75 -> 79, Qwen2.5-0.5B F16 52 -> 62); 2, 4, 6, 8, 12 and 16 KiB
- * measured, 8 the best for F32 and F16. */
+ * measured on F16 (8, 12 and 16 on F32), 8 the best on both. */
 #define IA_ROWS_PF_DIST 8192
 
 /* A kernel's dot_rows: F(type, ...) instantiated for each of its three types, the type a constant. */

@@ -477,7 +477,7 @@ T512 static INLINE void dot_rows_with(const uint32_t type, const uint8_t *W, siz
             const float *x0 = X + k0, *x1 = X + ldx + k0;
             __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
             for (int k = 0; k < nv; k += 16) {
-                if (type == IA_TYPE_F32 || (k & 31) == 0) /* a line is 16 or 32 values */
+                if (((size_t)k * es & 63) == 0) /* once per 64-byte line */
                     _mm_prefetch((const char *)w + (size_t)(k0 + k) * es + IA_ROWS_PF_DIST, _MM_HINT_T0);
                 const __m512 wv = load_w16(type, w, k0 + k, 0xFFFF);
                 a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + k), a0);

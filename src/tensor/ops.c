@@ -48,7 +48,7 @@ void ia_swiglu(float *h, const float *g, const float *u, size_t n) {
     ia_swiglu_ref(h, g, u, n);
 }
 
-void ia_fp16_from_f32_ref(uint16_t *h, const float *x, size_t n) {
+static void fp16_from_f32_ref(uint16_t *h, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) h[i] = ia_fp32_to_fp16(x[i]);
 }
 
@@ -69,5 +69,5 @@ void ia_fp16_from_f32(uint16_t *h, const float *x, size_t n) {
         return;
     }
 #endif
-    ia_fp16_from_f32_ref(h, x, n);
+    fp16_from_f32_ref(h, x, n);
 }

@@ -340,7 +340,7 @@ int ia_qpack_add(const void *W, uint32_t type, int n_in, int n_out) {
     p->n_panel = (n_out + IA_QP_ROWS - 1) / IA_QP_ROWS;
     p->panel_bytes = ia_qpack_block_bytes(type) * (size_t)(n_in / q8_block(type));
     p->refs = 1;
-    p->data = ia_malloc_aligned(64, p->panel_bytes * (size_t)p->n_panel);
+    p->data = ia_malloc(p->panel_bytes * (size_t)p->n_panel);
     if (!p->data) { ia_free(p); return IA_ERR_NOMEM; }
     pack_job j = {.p = p};
     atomic_init(&j.next, 0);

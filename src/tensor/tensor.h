@@ -172,8 +172,8 @@ void ia_swiglu(float *h, const float *g, const float *u, size_t n);
 void ia_swiglu_ref(float *h, const float *g, const float *u, size_t n);
 
 /* h[i] = x[i] as f16, rounded to nearest even (ia_fp32_to_fp16's bits for every value but NaNs, which
- * stay NaN): F16C with the AVX-512 and AVX2 families. For the f16 KV cache. */
+ * stay NaN): F16C with the AVX-512 and AVX2 families, else ia_fp32_to_fp16 per value. For the f16
+ * KV cache. */
 void ia_fp16_from_f32(uint16_t *h, const float *x, size_t n);
-void ia_fp16_from_f32_ref(uint16_t *h, const float *x, size_t n);
 
 #endif /* IA_TENSOR_H */

@@ -29,12 +29,6 @@ void *ia_malloc(size_t n) {
     return malloc(n ? n : 1);
 }
 
-void *ia_malloc_aligned(size_t align, size_t n) {
-    if (mem_should_fail()) return NULL;
-    void *p = NULL;
-    return posix_memalign(&p, align, n ? n : 1) == 0 ? p : NULL;
-}
-
 void *ia_calloc(size_t count, size_t size) {
     if (mem_should_fail()) return NULL;
     return calloc(count ? count : 1, size ? size : 1);

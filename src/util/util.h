@@ -100,10 +100,6 @@ static inline uint16_t ia_fp32_to_bf16(float f) {
     return (uint16_t)((x + (0x7fff + ((x >> 16) & 1))) >> 16);
 }
 
-/* Memory aligned to `align` (a power of two, at least sizeof(void *)), released with ia_free: for
- * streamed weights, so no 64-byte vector load straddles two cache lines. NULL if out of memory. */
-void *ia_malloc_aligned(size_t align, size_t n);
-
 /* Growable byte buffer (always NUL-terminated). */
 typedef struct ia_buf {
     char *data;
