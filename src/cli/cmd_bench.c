@@ -55,8 +55,9 @@ static void bench_help(FILE *f) {
           "      --train-batch N   training: sequences per step (default 2)\n"
           "      --train-len N     training: tokens per sequence (default 256)\n"
           "      --check-tokens N  tokens compared with the reference kernels (default 8)\n"
-          "      --tol X           allowed max|dlogit|/max|logit| vs the reference (default 1e-4; 5e-2 with\n"
-          "                        int8 or bf16 activations, IA_PRECISION=fast on Q8_0/Q4_0/Q4_K/BF16)\n"
+          "      --tol X           allowed max|dlogit|/max|logit| vs the reference (default 1e-3, the f16\n"
+          "                        KV cache's rounding; 5e-2 with int8 or bf16 activations, IA_PRECISION=fast\n"
+          "                        on Q8_0/Q4_0/Q4_K/BF16)\n"
           "      --bw-mib N        bandwidth probe buffer (default 512)\n"
           "      --json FILE       append the results as one JSON object (a line) to FILE\n"
           "  -h, --help            this help\n",
@@ -542,9 +543,12 @@ static int bench_check(bres *R, brun *r, const bench_opts *o, const float *keep,
     char fam_s[32];
     snprintf(fam_s, sizeof fam_s, "%s", fam);
     /* int8 or bf16 activations (fast precision, quantised or BF16 weights) move logits by ~1e-2 of their range; f32
-     * paths differ from the reference by summation order only */
+     * paths differ from the reference by summation order only, but the f16 KV cache rounds K and V to 11
+     * significant bits, so a last-bit difference upstream can move one of them by an f16 ulp (2^-11):
+     * 1.5e-4 to 2.9e-4 of the logit range at the 135M and 0.5B shapes, against 1e-4 allowed before the
+     * cache was f16 */
     const bool q8 = ia_matmul_uses_q8(r->m->layers[0].w_up.type) || ia_matmul_uses_q8(r->m->output.type);
-    const double tol = o->tol > 0 ? o->tol : q8 ? 5e-2 : 1e-4;
+    const double tol = o->tol > 0 ? o->tol : q8 ? 5e-2 : 1e-3;
     if (!run_seq(r, c, 0, kept, K, 0, K, true, err)) goto out;
     memcpy(fast, ia_context_logits(c), sizeof(float) * (size_t)K * V);
     /* the reference: plain C kernels, f32 activations */
