@@ -85,6 +85,14 @@ typedef struct tile_args {
 #define CHAIN(v) __asm__("" : "+x"(v))
 
 /* 4 activation bytes broadcast to every dword */
+/* A weight vector loaded once into a register: GCC otherwise folds the load into the mask as well as
+ * loading it for the shift, and the tile issues twice the loads. */
+TA static INLINE __m256i load_once(const uint8_t *p) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    __asm__("" : "+x"(v));
+    return v;
+}
+
 TA static INLINE __m256i bcast4(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
@@ -119,7 +127,7 @@ TA static INLINE void tile_q8_0(const tile_args *a, const int H, const int T) {
             __m256i lo[2], hi[2];
             if (T <= 2) _mm_prefetch((const char *)b + PF_DIST + 68 * g, _MM_HINT_T0);
             for (int h = 0; h < H; h++) {
-                const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 64 * g + 32 * (a->h0 + h)));
+                const __m256i raw = load_once(b + 64 * g + 32 * (a->h0 + h));
                 lo[h] = _mm256_and_si256(raw, m4);
                 hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
             }
@@ -165,7 +173,7 @@ TA static INLINE void tile_q4_0(const tile_args *a, const int H, const int T) {
             __m256i lo[2], hi[2];
             if (T <= 2) _mm_prefetch((const char *)b + PF_DIST + 72 * v, _MM_HINT_T0);
             for (int h = 0; h < H; h++) {
-                const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 64 * v + 32 * (a->h0 + h)));
+                const __m256i raw = load_once(b + 64 * v + 32 * (a->h0 + h));
                 lo[h] = _mm256_and_si256(raw, m4);
                 hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
             }
@@ -218,7 +226,7 @@ TA static INLINE void tile_q4_K(const tile_args *a, const int H, const int T) {
                 __m256i lo[2], hi[2];
                 if (T <= 2) _mm_prefetch((const char *)b + PF_DIST + 64 * (8 * c + g) + 10 * g, _MM_HINT_T0);
                 for (int h = 0; h < H; h++) {
-                    const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 64 * (8 * c + g) + 32 * (a->h0 + h)));
+                    const __m256i raw = load_once(b + 64 * (8 * c + g) + 32 * (a->h0 + h));
                     lo[h] = _mm256_and_si256(raw, m4);
                     hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                 }

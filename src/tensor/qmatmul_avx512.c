@@ -66,6 +66,15 @@ typedef struct tile_args {
 #define PF_OFF(a, j, bs, P) \
     (PF_DIST + ((size_t)(j) * (bs) + PF_DIST >= (a)->panel_bytes ? (size_t)((P) - 1) * (a)->panel_bytes : 0))
 
+/* A weight vector loaded once into a register: GCC otherwise folds the load into both the mask and
+ * the shift that split its nibbles, and the tile then issues twice the loads (Q4_0 decode from L2, one
+ * thread: 84 -> 115 GB/s). */
+TV static INLINE __m512i load_once(const uint8_t *p) {
+    __m512i v = _mm512_loadu_si512(p);
+    __asm__("" : "+v"(v));
+    return v;
+}
+
 #define B4(p, off) _mm512_set1_epi32(*(const int32_t *)((p) + (off)))
 
 TV static INLINE void store_rows(float *y, __m512 v, int rows) {
@@ -128,7 +137,7 @@ TV static INLINE void tile_q4_0(const tile_args *a, const int P, const int T) {
             if (T <= 2)
                 for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + pfo + 72 * v, _MM_HINT_T0);
             for (int p = 0; p < P; p++) {
-                const __m512i raw = _mm512_loadu_si512(b[p] + 64 * v);
+                const __m512i raw = load_once(b[p] + 64 * v);
                 lo[p] = _mm512_and_si512(raw, m4);
                 hi[p] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
             }
@@ -181,7 +190,7 @@ TV static INLINE void tile_q4_K(const tile_args *a, const int P, const int T) {
                 if (T <= 2)
                     for (int p = 0; p < P; p++) _mm_prefetch((const char *)b[p] + pfo + 64 * (8 * c + g) + 10 * g, _MM_HINT_T0);
                 for (int p = 0; p < P; p++) {
-                    const __m512i raw = _mm512_loadu_si512(b[p] + 64 * (8 * c + g));
+                    const __m512i raw = load_once(b[p] + 64 * (8 * c + g));
                     lo[p] = _mm512_and_si512(raw, m4);
                     hi[p] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
                 }
