@@ -74,7 +74,7 @@ def main():
     L = []
     L.append("# iteralign benchmark")
     L.append("")
-    L.append(f"{machine.get('stamp', '?')}, mode {machine.get('mode', '?')}: {machine.get('cpu', '?')}, "
+    L.append(f"{machine.get('stamp', '?')}, tree {machine.get('tree', '?')}, mode {machine.get('mode', '?')}: {machine.get('cpu', '?')}, "
              f"{machine.get('cores', '?')} cores, {machine.get('threads', '?')} threads for every tool, "
              f"OMP_WAIT_POLICY={machine.get('omp_wait_policy', '?')} (llama.cpp: best of its default and passive), "
              f"load average at the start {machine.get('loadavg', '?')}; CPU flags: {machine.get('flags', '').strip()}.")

@@ -97,10 +97,10 @@ log "mode $MODE, $THREADS threads, results in $OUT (raw: $JL)"
 
 # the machine, for the record
 {
-  printf '{"tool":"machine","stamp":"%s","mode":"%s","threads":%d,"cpu":"%s","cores":%d,"loadavg":"%s","flags":"%s","omp_wait_policy":"%s"}\n' \
+  printf '{"tool":"machine","stamp":"%s","mode":"%s","threads":%d,"cpu":"%s","cores":%d,"loadavg":"%s","flags":"%s","omp_wait_policy":"%s","tree":"%s"}\n' \
     "$STAMP" "$MODE" "$THREADS" "$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
     "$(grep -o -w 'avx2\|avx512f\|avx512_vnni\|avx512_bf16\|avx512_fp16\|amx_tile\|amx_bf16\|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' ')" \
-    "$OMP_WAIT_POLICY"
+    "$OMP_WAIT_POLICY" "$(git describe --always --dirty 2>/dev/null || echo unknown)"
 } >> "$JL"
 
 # ---- peers -----------------------------------------------------------------------------------
