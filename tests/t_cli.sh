@@ -140,5 +140,21 @@ PY
 else
   nok "bench check F16" "$(tail -5 "$T/s.out" 2>/dev/null)"
 fi
+# IA_PRECISION=bf16: the same F16 model multiplied as bf16 where the CPU has AVX512_BF16 (else f32),
+# still within the reference check's tolerance for low-precision activations
+rm -f "$T/s.json"
+if [ -f "$T/s.gguf" ] && IA_PRECISION=bf16 $BIN bench -m "$T/s.gguf" -t 2 --only pp,check -p 64 -r 1 --json "$T/s.json" > "$T/s.out" 2>&1; then
+  /usr/bin/python3 - "$T/s.json" <<'PY' && ok "bench check, SmolLM2-135M shape F16 with IA_PRECISION=bf16" || nok "bench check F16 bf16" "$(cat "$T/s.out")"
+import sys, json
+r = json.loads(open(sys.argv[1]).readlines()[-1])
+c = r["check"]
+bf16 = "avx512_bf16" in open("/proc/cpuinfo").read()
+assert r["precision"] == "bf16" and r["ok"] is True and c["ok"], r
+assert c["int8_activations"] == bf16 and c["tol"] == (5e-2 if bf16 else 1e-3), c
+assert 0 < c["batch_rel_diff"] <= c["tol"], c
+PY
+else
+  nok "bench check F16 bf16" "$(tail -5 "$T/s.out" 2>/dev/null)"
+fi
 rm -f "$T/s.gguf" "$T/s.json" "$T/s.out"
 rm -rf "$T"

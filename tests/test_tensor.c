@@ -1016,6 +1016,100 @@ static void test_matmul_q8(void **state) {
 /* The integer kernels at the edges of their arithmetic: Q8_0 weights -128 and 127, nibbles 15, activations
  * quantised to +-127 with the same sign across a whole block (the largest block sums, which the int16
  * partial sums of the AVX2 kernel must hold) or alternating; every family equals the reference. */
+/* IA_PRECISION=bf16: F32 and F16 weights are multiplied as their bf16 roundings. Oracle: the same
+ * matrix converted to BF16 rows here (round to nearest even, written out below, not the library's)
+ * and run through the BF16 path of FAST precision must give the same bits, for every kernel family
+ * with bf16 products, packed or not, at 1-3 threads; and stay within the bf16 error bound of a double
+ * product of the original weights. EXACT and FAST precision leave F32/F16 weights alone. */
+static uint16_t test_bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); /* finite normal values only */
+}
+
+static void test_matmul_bf16_precision(void **state) {
+    (void)state;
+    ia_rng r;
+    ia_rng_seed(&r, 77);
+    const int saved_threads = ia_get_threads(), saved_prec = ia_get_precision();
+    static const mm_case cases[] = {{IA_TYPE_F16, 64, 17, 1}, {IA_TYPE_F16, 576, 33, 5}, {IA_TYPE_F32, 96, 16, 2},
+                                    {IA_TYPE_F32, 1024, 40, 9}, {IA_TYPE_F16, 32, 1, 67}};
+    char ran[128] = "";
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const mm_case *mc = &cases[c];
+        const int ni = mc->n_in, no = mc->n_out, nt = mc->n_tok;
+        const size_t ny = (size_t)nt * no;
+        uint8_t *W = make_weights(&r, mc->type, ni, no, false);
+        /* make_weights quantises normals: keep F32 values off the bf16 grid so rounding matters */
+        float *wf = xmalloc((size_t)ni * no * 4);
+        for (int o = 0; o < no; o++) ia_dequantize_row(mc->type, W + (size_t)o * ia_type_row_size(mc->type, ni), wf + (size_t)o * ni, ni);
+        uint16_t *Wb = xmalloc((size_t)ni * no * 2);
+        for (size_t i = 0; i < (size_t)ni * no; i++) Wb[i] = test_bf16_rne(wf[i]);
+        float *X = make_acts(&r, nt, ni, false);
+        float *Yr = xmalloc(ny * 4), *Yb = xmalloc(ny * 4), *Yf = xmalloc(ny * 4);
+
+        /* FAST and EXACT: F32/F16 stay on the f32 path */
+        ia_set_precision(IA_PREC_FAST);
+        assert_false(ia_matmul_uses_q8(mc->type));
+        ia_set_precision(IA_PREC_EXACT);
+        assert_false(ia_matmul_uses_q8(mc->type));
+
+        /* the oracle: BF16 rows through FAST precision, reference kernel */
+        assert_true(ia_kernel_force("scalar"));
+        ia_set_precision(IA_PREC_FAST);
+        ia_matmul_infer(Yb, X, Wb, IA_TYPE_BF16, nt, ni, no);
+        ia_set_precision(IA_PREC_BF16);
+        assert_true(ia_matmul_uses_q8(mc->type));
+        ia_matmul_infer(Yr, X, W, mc->type, nt, ni, no);
+        if (memcmp(Yr, Yb, ny * 4) != 0)
+            fail_msg("%s %dx%d: bf16 precision differs from the same weights as BF16 rows", ia_type_name(mc->type), no, ni);
+        for (int t = 0; t < nt; t++)
+            for (int o = 0; o < no; o++) {
+                double ex = 0, mag = 0;
+                for (int i = 0; i < ni; i++) {
+                    ex += (double)wf[(size_t)o * ni + i] * X[(size_t)t * ni + i];
+                    mag += fabs((double)wf[(size_t)o * ni + i] * X[(size_t)t * ni + i]);
+                }
+                /* each operand rounded to 8 significant bits (2^-9 relative), f32 sums */
+                const double e = fabs((double)Yr[(size_t)t * no + o] - ex), bound = mag * (2.0 * 0x1p-9 + 0x1p-16 + ni * 0x1p-24);
+                if (!(e <= bound)) fail_msg("%s [%d][%d]: %g vs exact %g > bound %g", ia_type_name(mc->type), t, o, (double)Yr[(size_t)t * no + o], ex, bound);
+            }
+        for (int k = 1; k < N_KERNELS; k++) {
+            if (!ia_kernel_force(kernels[k]) || !ia_matmul_uses_q8(mc->type)) continue;
+            if (!strstr(ran, ia_q8_kernel_get()->name)) {
+                strcat(ran, " ");
+                strcat(ran, ia_q8_kernel_get()->name);
+            }
+            for (int packed = 0; packed < 2; packed++) {
+                if (packed) assert_int_equal(ia_qpack_add(W, mc->type, ni, no), IA_OK);
+                for (int th = 1; th <= 3; th++) {
+                    ia_set_threads(th);
+                    memset(Yf, 0xFF, ny * 4);
+                    ia_matmul_infer(Yf, X, W, mc->type, nt, ni, no);
+                    if (memcmp(Yf, Yr, ny * 4) != 0)
+                        fail_msg("%s %s %dx%d n_tok %d (%s, %d threads): differs from the reference", kernels[k],
+                                 ia_type_name(mc->type), no, ni, nt, packed ? "packed" : "unpacked", th);
+                }
+                if (packed) ia_qpack_remove(W);
+            }
+            ia_set_threads(saved_threads);
+        }
+        /* EXACT precision: ia_matmul's bits even with a pack registered under BF16 */
+        ia_kernel_force(NULL);
+        assert_int_equal(ia_qpack_add(W, mc->type, ni, no), IA_OK);
+        ia_set_precision(IA_PREC_EXACT);
+        ia_matmul(Yb, X, W, mc->type, nt, ni, no);
+        ia_matmul_infer(Yf, X, W, mc->type, nt, ni, no);
+        assert_memory_equal(Yf, Yb, ny * 4);
+        ia_qpack_remove(W);
+        free(W); free(wf); free(Wb); free(X); free(Yr); free(Yb); free(Yf);
+    }
+    assert_int_equal(ia_qpack_bytes(), 0);
+    print_message("bf16 precision: F32/F16 as BF16 rows, bit for bit (families with bf16 products:%s)\n", ran[0] ? ran : " none");
+    ia_kernel_force(NULL);
+    ia_set_precision(saved_prec);
+}
+
 static void test_matmul_q8_extremes(void **state) {
     (void)state;
     ia_rng r;
@@ -1322,6 +1416,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_qact_quantize),
         cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_q8_extremes),
+        cmocka_unit_test(test_matmul_bf16_precision),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_logsumexp),
         cmocka_unit_test(test_fp16_rows),

@@ -106,6 +106,10 @@ typedef struct ia_q8_kernel {
     void (*quantize_bf16)(const float *x, int n_in, uint8_t *row);
 } ia_q8_kernel;
 
+/* Whether a task of this weight type takes bf16 activations: BF16, and F32/F16 (which reach this path
+ * only in BF16 precision, multiplied as their bf16 roundings). */
+static inline bool ia_q8_is_bf16(uint32_t t) { return t == IA_TYPE_BF16 || t == IA_TYPE_F16 || t == IA_TYPE_F32; }
+
 size_t ia_qact_row_bytes(int n_in);
 void ia_qact_quantize_ref(const float *x, int n_in, uint8_t *row);
 size_t ia_qact_row_bytes_bf16(int n_in);

@@ -27,26 +27,38 @@ int ia_get_precision(void) {
     int p = atomic_load_explicit(&g_prec, memory_order_relaxed);
     if (p < 0) {
         const char *s = getenv("IA_PRECISION");
-        p = s && strcasecmp(s, "exact") == 0 ? IA_PREC_EXACT : IA_PREC_FAST;
+        p = s && strcasecmp(s, "exact") == 0 ? IA_PREC_EXACT : s && strcasecmp(s, "bf16") == 0 ? IA_PREC_BF16 : IA_PREC_FAST;
         atomic_store_explicit(&g_prec, p, memory_order_relaxed);
     }
     return p;
 }
 
 void ia_set_precision(int prec) {
-    atomic_store_explicit(&g_prec, prec == IA_PREC_EXACT ? IA_PREC_EXACT : IA_PREC_FAST, memory_order_relaxed);
+    atomic_store_explicit(&g_prec, prec == IA_PREC_EXACT || prec == IA_PREC_BF16 ? prec : IA_PREC_FAST,
+                          memory_order_relaxed);
 }
 
 bool ia_q8_type(uint32_t t) {
-    return t == IA_TYPE_Q8_0 || t == IA_TYPE_Q4_0 || t == IA_TYPE_Q4_K || t == IA_TYPE_BF16;
+    return t == IA_TYPE_Q8_0 || t == IA_TYPE_Q4_0 || t == IA_TYPE_Q4_K || t == IA_TYPE_BF16 ||
+           ((t == IA_TYPE_F32 || t == IA_TYPE_F16) && ia_get_precision() == IA_PREC_BF16);
 }
 
 /* Values per block of the weight type on this path (n_in must be a multiple). */
 static int q8_block(uint32_t t) { return t == IA_TYPE_Q4_K ? IA_QK_K : 32; }
 
-/* Whether kernel k takes weights of this type (BF16 needs a kernel with bf16 support). */
+/* Whether kernel k takes weights of this type (bf16 activations need a kernel with bf16 support). */
 static bool q8_takes(const ia_q8_kernel *k, uint32_t t) {
-    return k && ia_q8_type(t) && (t != IA_TYPE_BF16 || k->quantize_bf16 != NULL);
+    return k && ia_q8_type(t) && (!ia_q8_is_bf16(t) || k->quantize_bf16 != NULL);
+}
+
+/* Weight i of an F32, F16 or BF16 row as the bf16 the BF16 precision multiplies (rounded to nearest
+ * even from F32 or F16: every F16 value is a normal float, so the rounding is vcvtneps2bf16's). */
+static uint16_t weight_bf16(uint32_t type, const uint8_t *w, int i) {
+    if (type == IA_TYPE_BF16) return ((const uint16_t *)w)[i];
+    if (type == IA_TYPE_F16) return ia_fp32_to_bf16_cvtne(ia_fp16_to_fp32(((const uint16_t *)w)[i]));
+    float f;
+    memcpy(&f, w + (size_t)i * 4, 4);
+    return ia_fp32_to_bf16_cvtne(f);
 }
 
 /* ---- activation quantisation ------------------------------------------------------------------ */
@@ -114,15 +126,16 @@ float ia_bf16_dot_step(float acc, uint16_t a, uint16_t b) {
  *                                      acc = fma(-(float)sx, (dmin*m)*dx, acc)
  * in increasing j, acc starting at 0 (dw*dx, d*sc etc. are single f32 products).
  *   BF16: pairs p = (2i, 2i+1) of weights and bf16 activations go to accumulator i mod 2, each pair as
- *         vdpbf16ps does it (the odd element first, then the even one); the result is acc0 + acc1. */
+ *         vdpbf16ps does it (the odd element first, then the even one); the result is acc0 + acc1.
+ *         F32 and F16 (BF16 precision): the same, with each weight rounded to bf16 first. */
 float ia_q8_dot_ref(uint32_t type, const uint8_t *w, const uint8_t *qa, int n_in) {
-    if (type == IA_TYPE_BF16) {
-        const uint16_t *wh = (const uint16_t *)w, *xh = (const uint16_t *)qa;
+    if (ia_q8_is_bf16(type)) {
+        const uint16_t *xh = (const uint16_t *)qa;
         float a[2] = {0.0f, 0.0f};
         for (int i = 0; i < n_in / 2; i++) {
             float *acc = &a[i & 1];
-            *acc = ia_bf16_dot_step(*acc, wh[2 * i + 1], xh[2 * i + 1]);
-            *acc = ia_bf16_dot_step(*acc, wh[2 * i], xh[2 * i]);
+            *acc = ia_bf16_dot_step(*acc, weight_bf16(type, w, 2 * i + 1), xh[2 * i + 1]);
+            *acc = ia_bf16_dot_step(*acc, weight_bf16(type, w, 2 * i), xh[2 * i]);
         }
         return a[0] + a[1];
     }
@@ -182,7 +195,9 @@ float ia_q8_dot_ref(uint32_t type, const uint8_t *w, const uint8_t *qa, int n_in
  *         multiplies against a broadcast activation pair)                           1024 bytes */
 size_t ia_qpack_block_bytes(uint32_t type) {
     switch (type) {
-    case IA_TYPE_BF16: return 1024;
+    case IA_TYPE_BF16:
+    case IA_TYPE_F16:
+    case IA_TYPE_F32: return 1024;
     case IA_TYPE_Q8_0: return 544;
     case IA_TYPE_Q4_0: return 288;
     case IA_TYPE_Q4_K: return 2368;
@@ -202,6 +217,13 @@ static void pack_panel(const ia_qpack *p, int panel, uint8_t *dst) {
         for (int j = 0; j < p->n_in / 32; j++, dst += 1024)
             for (int r = 0; r < IA_QP_ROWS; r++)
                 for (int g = 0; g < 16; g++) memcpy(dst + (g * IA_QP_ROWS + r) * 4, src[r] + (size_t)(32 * j + 2 * g) * 2, 4);
+    } else if (ia_q8_is_bf16(p->type)) { /* F32 or F16 rounded to bf16, in the BF16 layout */
+        for (int j = 0; j < p->n_in / 32; j++, dst += 1024)
+            for (int r = 0; r < IA_QP_ROWS; r++)
+                for (int i = 0; i < 32; i++) {
+                    const uint16_t h = weight_bf16(p->type, src[r], 32 * j + i);
+                    memcpy(dst + ((i / 2) * IA_QP_ROWS + r) * 4 + (i & 1) * 2, &h, 2);
+                }
     } else if (p->type == IA_TYPE_Q8_0) {
         for (int j = 0; j < p->n_in / 32; j++, dst += 544) {
             for (int r = 0; r < IA_QP_ROWS; r++) {
@@ -416,7 +438,7 @@ bool ia_cpu_has_bf16_dot(void) {
 }
 
 bool ia_matmul_uses_q8(uint32_t wtype) {
-    return ia_get_precision() == IA_PREC_FAST && q8_takes(ia_q8_kernel_get(), wtype);
+    return ia_get_precision() != IA_PREC_EXACT && q8_takes(ia_q8_kernel_get(), wtype);
 }
 
 /* ---- driver ---------------------------------------------------------------------------------------- */
@@ -507,7 +529,7 @@ static void q8_gemm_worker(void *ctx, int tid, int nth) {
 /* Every task of one call takes the same activation format (all BF16, or all integer types). */
 static void q8_run(const ia_q8_kernel *k, const float *X, int n_tok, int n_in, const ia_q8_task *tasks, int n_tasks) {
     q8_job j = {.k = k, .tasks = tasks, .n_tasks = n_tasks, .n_tok = n_tok, .n_in = n_in, .X = X};
-    const bool bf16 = tasks[0].wtype == IA_TYPE_BF16;
+    const bool bf16 = ia_q8_is_bf16(tasks[0].wtype);
     j.quantize = bf16 ? k->quantize_bf16 : k->quantize;
     j.qa_stride = bf16 ? ia_qact_row_bytes_bf16(n_in) : ia_qact_row_bytes(n_in);
     j.qa = qa_get(j.qa_stride * (size_t)n_tok);
@@ -555,7 +577,7 @@ static void q8_run(const ia_q8_kernel *k, const float *X, int n_tok, int n_in, c
 void ia_matmul_multi(const float *X, int n_tok, int n_in, const ia_mm_task *tasks, int n_tasks) {
     IA_ASSERT(n_tasks >= 1 && n_tasks <= 8);
     if (n_tok <= 0) return;
-    const ia_q8_kernel *k = ia_get_precision() == IA_PREC_FAST ? ia_q8_kernel_get() : NULL;
+    const ia_q8_kernel *k = ia_get_precision() != IA_PREC_EXACT ? ia_q8_kernel_get() : NULL;
     ia_q8_task qt[8];
     ia_mm_task ft[8];
     int nq = 0, nf = 0;
@@ -581,7 +603,7 @@ void ia_matmul_multi(const float *X, int n_tok, int n_in, const ia_mm_task *task
         ia_q8_task packed[8], plain[8];
         int np = 0, nr = 0;
         for (int i = 0; i < nq; i++) {
-            if ((qt[i].wtype == IA_TYPE_BF16) != bf) continue;
+            if (ia_q8_is_bf16(qt[i].wtype) != bf) continue;
             if (k->needs_pack && !qt[i].pack) plain[nr++] = qt[i];
             else packed[np++] = qt[i];
         }

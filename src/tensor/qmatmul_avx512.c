@@ -288,7 +288,7 @@ TV static void gemm_avx512(const ia_q8_task *t, int p0, int p1, const uint8_t *q
     const ia_qpack *pk = t->pack;
     void (*const(*fns)[4])(const tile_args *) = t->wtype == IA_TYPE_Q8_0   ? tile_q8_0_fns
                                                 : t->wtype == IA_TYPE_Q4_0 ? tile_q4_0_fns
-                                                : t->wtype == IA_TYPE_BF16 ? tile_bf16_fns
+                                                : ia_q8_is_bf16(t->wtype)  ? tile_bf16_fns
                                                                            : tile_q4_K_fns;
     const int n_in = t->n_in, nbq = n_in / IA_QA_BLOCK;
     tile_args a;

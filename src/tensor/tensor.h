@@ -94,13 +94,16 @@ void ia_dequantize_row_fast(uint32_t type, const void *src, float *dst, int64_t 
  * values (scale max|x|/127, as llama.cpp does) and the block dot products are exact integer sums:
  * ~0.3% relative error per product vs f32 activations, several times less arithmetic; for BF16,
  * activations are rounded to bf16 (2^-8 relative at most, as llama.cpp does) where the CPU multiplies bf16
- * pairs (AVX512_BF16). EXACT: f32 activations (ia_matmul). The environment variable
- * IA_PRECISION=exact|fast sets the starting value. Other weight types and ia_matmul itself are
- * always f32. */
-enum { IA_PREC_FAST = 0, IA_PREC_EXACT = 1 };
+ * pairs (AVX512_BF16). EXACT: f32 activations (ia_matmul). BF16 (opt-in): FAST, and F32 and F16 weights
+ * multiplied as BF16 ones are, each weight rounded to bf16 (nearest even) where ia_qpack_add packs it
+ * (set it before loading the model): an F16 model then runs at a BF16 one's speed with a BF16 one's
+ * precision. The environment variable IA_PRECISION=exact|fast|bf16 sets the starting value. Other
+ * weight types and ia_matmul itself are always f32. */
+enum { IA_PREC_FAST = 0, IA_PREC_EXACT = 1, IA_PREC_BF16 = 2 };
 int ia_get_precision(void);
 void ia_set_precision(int prec);
-/* Whether the type has a low-precision path (Q8_0/Q4_0/Q4_K: int8 activations; BF16: bf16 ones). */
+/* Whether the type has a low-precision path (Q8_0/Q4_0/Q4_K: int8 activations; BF16: bf16 ones; F32
+ * and F16 too in BF16 precision). */
 bool ia_q8_type(uint32_t wtype);
 /* Whether ia_matmul_infer on this weight type uses int8 activations now (FAST, and the selected
  * kernel family has an integer kernel: scalar (the reference), avx2 (vpmaddubsw) and avx512 (vpdpbusd
