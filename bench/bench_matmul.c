@@ -1,6 +1,7 @@
-/* bench_matmul.c — micro-benchmark of ia_matmul per weight type and kernel vs ia_matmul_ref:
- * GFLOP/s and weight GB/s for n_tok = 1 and 16 (or one given count) at small-model shapes (not run by
- * the tests).
+/* bench_matmul.c — micro-benchmark of ia_matmul per weight type and kernel vs ia_matmul_ref, and of
+ * the fast-precision path (ia_matmul_infer on packed weights, rows marked "fast"): GFLOP/s and weight
+ * GB/s for n_tok = 1 and 16 (or one given count) at small-model shapes; the same matrix is called
+ * again and again, so a matrix smaller than the caches measures arithmetic (not run by the tests).
  * Build: cc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -Iinclude -Isrc bench/bench_matmul.c src/tensor/[a-z]*.c \
  *        src/util/[a-z]*.c -lm ; run: ./a.out [threads [n_in n_out [n_tok]]] (defaults 1, 1536, 576) */
 #include <stdio.h>
@@ -19,7 +20,8 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static double run(bool ref, float *Y, const float *X, const void *W, uint32_t type, int n_tok,
+/* mode 0: ia_matmul, 1: ia_matmul_ref, 2: ia_matmul_infer */
+static double run(int mode, float *Y, const float *X, const void *W, uint32_t type, int n_tok,
                   int n_in, int n_out) {
     double best = 1e30;
     const double end = ia_time_now() + 0.3;
@@ -28,7 +30,8 @@ static double run(bool ref, float *Y, const float *X, const void *W, uint32_t ty
         const double t0 = now();
         double t;
         do { /* a batch of at least 2 ms */
-            if (ref) ia_matmul_ref(Y, X, W, type, n_tok, n_in, n_out);
+            if (mode == 1) ia_matmul_ref(Y, X, W, type, n_tok, n_in, n_out);
+            else if (mode == 2) ia_matmul_infer(Y, X, W, type, n_tok, n_in, n_out);
             else ia_matmul(Y, X, W, type, n_tok, n_in, n_out);
             iters++;
             t = now() - t0;
@@ -76,6 +79,12 @@ int main(int argc, char **argv) {
                 const double t = run(k < 0, Y, X, W, type, nt, n_in, n_out);
                 printf("%-5s %-6s %5d %10.1f %10.2f %10.2f\n", ia_type_name(type), k < 0 ? "ref" : kernels[k],
                        nt, t * 1e6, flop / t * 1e-9, bytes / t * 1e-9);
+                if (k >= 0 && ia_matmul_uses_q8(type) && ia_qpack_add(W, type, n_in, n_out) == IA_OK) {
+                    const double tf = run(2, Y, X, W, type, nt, n_in, n_out);
+                    printf("%-5s %-6s %5d %10.1f %10.2f %10.2f  fast\n", ia_type_name(type), kernels[k], nt, tf * 1e6,
+                           flop / tf * 1e-9, bytes / tf * 1e-9);
+                    ia_qpack_remove(W);
+                }
             }
             ia_kernel_force(NULL);
         }

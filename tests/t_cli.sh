@@ -87,6 +87,8 @@ err=$($BIN generate -m "$T/missing.gguf" -p hi 2>&1 >/dev/null); rc=$?
 err=$($BIN generate -m data/tokenizer/ggml-vocab-gpt-2.gguf -p hi 2>&1 >/dev/null); rc=$?
 [ $rc -ne 0 ] && [ -n "$err" ] && ok "vocab-only file refused as a model" || nok "vocab-only file refused as a model" "$err"
 $BIN generate -m data/models/stories260K.gguf -p hi --top-p abc >/dev/null 2>&1; [ $? -ne 0 ] && ok "bad option value refused" || nok "bad option value refused"
+err=$(IA_PRECISION=bf61 $BIN generate -m data/models/stories260K.gguf -p hi 2>&1 >/dev/null); rc=$?
+[ $rc -eq 2 ] && grep -q "IA_PRECISION=.bf61" <<<"$err" && ok "unknown IA_PRECISION refused" || nok "unknown IA_PRECISION refused" "$err"
 
 # info works on models and vocab files, --json parses
 $BIN info --json data/models/stories260K.gguf 2>/dev/null | /usr/bin/python3 -c 'import sys,json; d=json.load(sys.stdin); assert d["n_tensors"]==48 and d["model"]["arch"]=="llama" and d["tokenizer"]["n_vocab"]==512' 2>/dev/null && ok "info --json stories260K" || nok "info --json stories260K"

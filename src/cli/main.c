@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <stdlib.h>
+#include <strings.h>
 
 static const cli_command commands[] = {
     {"info", "show a GGUF model's metadata, tensors, tokenizer and chat template", cmd_info},
@@ -27,6 +28,12 @@ static void usage(FILE *f) {
             "usage: iteralign <command> [options]   (iteralign <command> --help for its options)\n\ncommands:\n",
             IA_VERSION);
     for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nenvironment:\n"
+               "  IA_PRECISION=fast|exact|bf16  fast (default): int8 activations for Q8_0/Q4_0/Q4_K weights, bf16\n"
+               "                                for BF16 ones; exact: f32 activations everywhere; bf16: fast, and\n"
+               "                                F32/F16 weights multiplied as their bf16 roundings (faster, less exact)\n"
+               "  IA_KERNEL=scalar|avx2|avx512  force a kernel family (default: the best this CPU runs)\n"
+               "  IA_SPIN_US=N                  microseconds an idle worker thread spins before sleeping (default 50)\n");
 }
 
 int main(int argc, char **argv) {
@@ -41,6 +48,12 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "--version")) {
         printf("iteralign %s\n", IA_VERSION);
         return 0;
+    }
+    /* the library reads anything else as fast: say so before a long run goes the wrong way */
+    const char *prec = getenv("IA_PRECISION");
+    if (prec && *prec && strcasecmp(prec, "fast") && strcasecmp(prec, "exact") && strcasecmp(prec, "bf16")) {
+        fprintf(stderr, "iteralign: IA_PRECISION='%s' is not one of fast, exact, bf16\n", prec);
+        return 2;
     }
     for (int i = 0; i < N_COMMANDS; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);

@@ -105,9 +105,10 @@ void ia_set_precision(int prec);
 /* Whether the type has a low-precision path (Q8_0/Q4_0/Q4_K: int8 activations; BF16: bf16 ones; F32
  * and F16 too in BF16 precision). */
 bool ia_q8_type(uint32_t wtype);
-/* Whether ia_matmul_infer on this weight type uses int8 activations now (FAST, and the selected
- * kernel family has an integer kernel: scalar (the reference), avx2 (vpmaddubsw) and avx512 (vpdpbusd
- * with VNNI, else the avx2 one); BF16 needs AVX512_BF16). */
+/* Whether ia_matmul_infer on this weight type uses int8 or bf16 activations now (FAST or BF16
+ * precision, and the selected kernel family has an integer kernel: scalar (the reference), avx2
+ * (vpmaddubsw) and avx512 (vpdpbusd with VNNI, else the avx2 one); bf16 products, for BF16 weights
+ * and in BF16 precision for F32/F16 ones, need AVX512_BF16 or the scalar reference). */
 bool ia_matmul_uses_q8(uint32_t wtype);
 
 /* bf16 arithmetic as the AVX512_BF16 instructions do it (the references of every bf16 kernel):
