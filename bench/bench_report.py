@@ -50,7 +50,11 @@ def mark(ok):
 def main():
     recs = load(sys.argv[1])
     machine = next((r for r in recs if r.get("tool") == "machine"), {})
-    ours = {label_of(r["model"]): r for r in recs if r.get("tool") == "iteralign" and "model" in r}
+    ours = {label_of(r["model"]): r for r in recs
+            if r.get("tool") == "iteralign" and "model" in r and r.get("precision") != "bf16"}
+    # the opt-in IA_PRECISION=bf16 runs of F32/F16 models: their own table, no target
+    ours_bf16 = {label_of(r["model"]): r for r in recs
+                 if r.get("tool") == "iteralign" and "model" in r and r.get("precision") == "bf16"}
     def med(key):
         """median of a bandwidth figure over every model's run (None if never measured)"""
         v = [r[key] for r in recs if r.get("tool") == "iteralign" and r.get(key)]
@@ -150,6 +154,27 @@ def main():
              "limit for F16/BF16/Q8_0/Q4_0/Q4_K and never below llama.cpp; prefill and scoring: >= 1.5x llama.cpp). "
              "Checks: fast kernels vs the scalar reference (logits), big batches vs small (bitwise); a model whose run "
              "failed a check meets none of its targets.")
+
+    if ours_bf16:
+        L.append("")
+        L.append("## Opt-in: F32/F16 weights multiplied as bf16 (`IA_PRECISION=bf16`; no target, the defaults above count)")
+        L.append("")
+        L.append("| model | pp default | pp bf16 | pp llama.cpp | pp bf16 ratio | tg default | tg bf16 | tg llama.cpp | check |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        out["bf16_precision"] = {}
+        for lab, r in ours_bf16.items():
+            d = ours.get(lab, {})
+            pp, tg = (r.get("pp") or {}).get("tps"), (r.get("tg") or {}).get("tps")
+            dpp, dtg = (d.get("pp") or {}).get("tps"), (d.get("tg") or {}).get("tps")
+            lpp, _ = best_peer(lab, "pp")
+            ltg, _ = best_peer(lab, "tg")
+            c = r.get("check") or {}
+            ok = bool(c.get("ok")) and r.get("ok") is not False
+            L.append(f"| {lab} | {fmt(dpp)} | {fmt(pp)} | {fmt(lpp)} | {fmt(ratio(pp, lpp), 2)} | {fmt(dtg)} | {fmt(tg)} | "
+                     f"{fmt(ltg)} | {'ok' if ok else '**FAILED**'} (vs the f32 reference: "
+                     f"{fmt(c.get('batch_rel_diff'), 4) if c.get('batch_rel_diff') is not None else '—'}) |")
+            out["bf16_precision"][lab] = {"pp": pp, "tg": tg, "pp_default": dpp, "tg_default": dtg, "pp_llama": lpp,
+                                          "tg_llama": ltg, "ok": ok}
 
     brows = [(lab, b) for lab, r in ours.items() for b in (r.get("batch") or [])]
     if brows:

@@ -22,7 +22,8 @@
 #                        llama-batched-bench and llama-perplexity run under LLAMA_OMP_LONG (the same by
 #                        default; passive alone starves its one-token steps: 30 tokens/s at 1 sequence)
 #   PYTHON=/usr/bin/python3  the interpreter for the PyTorch training comparison (python3-torch)
-#   BENCH_SKIP=LIST      parts to skip: bw,pp,tg,batch,score,train,peers,server,eval
+#   BENCH_SKIP=LIST      parts to skip: bw,pp,tg,batch,score,train,peers,server,eval,bf16
+#                        (bf16: the opt-in IA_PRECISION=bf16 runs of the F32/F16 models)
 #   BENCH_PEER_TIMEOUT=S a peer tool run longer than this is stopped and reported as timed out
 #                        (default 300: spinning OpenMP threads crawl when another process holds a core)
 #   BIN=./iteralign      the binary under test
@@ -223,6 +224,12 @@ while IFS=: read -r label preset type vocab parts; do
     --score-ctx "$SCTX" --score-chunks "$SCH" --score-file "$TEXT" --only "${only%,}" --json "$JL" \
     > "$RAW/$label.iteralign.txt" 2>&1 || log "$label: iteralign bench FAILED (raw/$label.iteralign.txt)"
   sed 's/^/    /' "$RAW/$label.iteralign.txt" >&2
+  # the opt-in IA_PRECISION=bf16 on F32/F16 weights, beside the default (reported apart, no target)
+  if [[ $type == f16 || $type == f32 ]] && ! skip bf16 && grep -q -w avx512_bf16 /proc/cpuinfo; then
+    log "$label: iteralign bench with IA_PRECISION=bf16 (pp,tg,check)"
+    IA_PRECISION=bf16 "$BIN" bench -m "$m" -t "$THREADS" --pp "$PP" --tg "$TG" -r "$REPS" --only pp,tg,check --json "$JL" \
+      > "$RAW/$label.iteralign-bf16.txt" 2>&1 || log "$label: iteralign bench (bf16) FAILED (raw/$label.iteralign-bf16.txt)"
+  fi
   for d in "${PEERS[@]}"; do
     log "$label: llama.cpp $(peer_label "$d")"
     peer_bench "$d" "$m" "$label" "$parts"

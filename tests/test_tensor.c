@@ -834,6 +834,31 @@ static float *make_q8_acts(ia_rng *r, int n_tok, int n_in) {
     return X;
 }
 
+/* Whether family kernels[k] runs the low-precision path for this weight type now (its integer
+ * kernel's name is noted in `ran` for the summary line). */
+static bool q8_family_runs(int k, uint32_t type, char *ran) {
+    if (!ia_kernel_force(kernels[k]) || !ia_matmul_uses_q8(type)) return false;
+    if (!strstr(ran, ia_q8_kernel_get()->name)) {
+        strcat(ran, " ");
+        strcat(ran, ia_q8_kernel_get()->name);
+    }
+    return true;
+}
+
+/* ia_matmul_infer gives the reference's bits Yr at 1, 2 and 3 threads (Yf: scratch of n_tok x n_out). */
+static void expect_infer_bits(const char *kname, const void *W, uint32_t type, const float *X, int nt, int ni, int no,
+                              const float *Yr, float *Yf, int packed) {
+    const size_t ny = (size_t)nt * no;
+    for (int th = 1; th <= 3; th++) {
+        ia_set_threads(th);
+        memset(Yf, 0xFF, ny * 4);
+        ia_matmul_infer(Yf, X, W, type, nt, ni, no);
+        if (memcmp(Yf, Yr, ny * 4) != 0)
+            fail_msg("%s %s %dx%d n_tok %d (%s, %d threads): differs from the scalar reference", kname,
+                     ia_type_name(type), no, ni, nt, packed ? "packed" : "unpacked", th);
+    }
+}
+
 /* SIMD quantisers give the reference's bytes. */
 static void test_qact_quantize(void **state) {
     (void)state;
@@ -947,21 +972,10 @@ static void test_matmul_q8(void **state) {
         }
         free(qa);
         for (int k = 1; k < N_KERNELS; k++) {
-            if (!ia_kernel_force(kernels[k]) || !ia_matmul_uses_q8(mc->type)) continue;
-            if (!strstr(ran, ia_q8_kernel_get()->name)) {
-                strcat(ran, " ");
-                strcat(ran, ia_q8_kernel_get()->name);
-            }
+            if (!q8_family_runs(k, mc->type, ran)) continue;
             for (int packed = 0; packed < 2; packed++) {
                 if (packed) assert_int_equal(ia_qpack_add(W, mc->type, ni, no), IA_OK);
-                for (int th = 1; th <= 3; th++) {
-                    ia_set_threads(th);
-                    memset(Yf, 0xFF, ny * 4);
-                    ia_matmul_infer(Yf, X, W, mc->type, nt, ni, no);
-                    if (memcmp(Yf, Yr, ny * 4) != 0)
-                        fail_msg("%s %s %dx%d n_tok %d (%s, %d threads): differs from the scalar reference", kernels[k],
-                                 ia_type_name(mc->type), no, ni, nt, packed ? "packed" : "unpacked", th);
-                }
+                expect_infer_bits(kernels[k], W, mc->type, X, nt, ni, no, Yr, Yf, packed);
                 for (int t = 0; t < nt; t++)
                     ia_matmul_infer(Y1 + (size_t)t * no, X + (size_t)t * ni, W, mc->type, 1, ni, no);
                 if (memcmp(Y1, Yr, ny * 4) != 0) fail_msg("%s %s: one row at a time differs", kernels[k], ia_type_name(mc->type));
@@ -1075,21 +1089,10 @@ static void test_matmul_bf16_precision(void **state) {
                 if (!(e <= bound)) fail_msg("%s [%d][%d]: %g vs exact %g > bound %g", ia_type_name(mc->type), t, o, (double)Yr[(size_t)t * no + o], ex, bound);
             }
         for (int k = 1; k < N_KERNELS; k++) {
-            if (!ia_kernel_force(kernels[k]) || !ia_matmul_uses_q8(mc->type)) continue;
-            if (!strstr(ran, ia_q8_kernel_get()->name)) {
-                strcat(ran, " ");
-                strcat(ran, ia_q8_kernel_get()->name);
-            }
+            if (!q8_family_runs(k, mc->type, ran)) continue;
             for (int packed = 0; packed < 2; packed++) {
                 if (packed) assert_int_equal(ia_qpack_add(W, mc->type, ni, no), IA_OK);
-                for (int th = 1; th <= 3; th++) {
-                    ia_set_threads(th);
-                    memset(Yf, 0xFF, ny * 4);
-                    ia_matmul_infer(Yf, X, W, mc->type, nt, ni, no);
-                    if (memcmp(Yf, Yr, ny * 4) != 0)
-                        fail_msg("%s %s %dx%d n_tok %d (%s, %d threads): differs from the reference", kernels[k],
-                                 ia_type_name(mc->type), no, ni, nt, packed ? "packed" : "unpacked", th);
-                }
+                expect_infer_bits(kernels[k], W, mc->type, X, nt, ni, no, Yr, Yf, packed);
                 if (packed) ia_qpack_remove(W);
             }
             ia_set_threads(saved_threads);
