@@ -150,9 +150,11 @@ if [ -f "$T/s.gguf" ] && IA_PRECISION=bf16 $BIN bench -m "$T/s.gguf" -t 2 --only
 import sys, json
 r = json.loads(open(sys.argv[1]).readlines()[-1])
 c = r["check"]
-bf16 = "avx512_bf16" in open("/proc/cpuinfo").read()
 assert r["precision"] == "bf16" and r["ok"] is True and c["ok"], r
-assert c["int8_activations"] == bf16 and c["tol"] == (5e-2 if bf16 else 1e-3), c
+# AVX-512 with BF16 multiplies bf16 pairs; an AVX2-only x86 keeps f32; the C reference family emulates bf16
+if r["kernel"] == "avx512" and "avx512_bf16" in open("/proc/cpuinfo").read():
+    assert c["int8_activations"], c
+assert c["tol"] == (5e-2 if c["int8_activations"] else 1e-3), c
 assert 0 < c["batch_rel_diff"] <= c["tol"], c
 PY
 else

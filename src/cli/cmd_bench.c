@@ -684,9 +684,7 @@ clean:
 static double weight_bytes(const ia_model *m) {
     const ia_hparams *hp = &m->hp;
     double b = 0;
-/* bytes each matrix's decode reads: F32 in BF16 precision reads its bf16 panels */
-#define WB(w) ((double)((w).type == IA_TYPE_F32 && ia_matmul_uses_q8((w).type) ? (size_t)(w).n_in * 2 \
-                                                                                : ia_type_row_size((w).type, (w).n_in)) * (w).n_out)
+#define WB(w) ((double)ia_matmul_infer_row_bytes((w).type, (w).n_in) * (w).n_out)
     for (int l = 0; l < hp->n_layer; l++) {
         const ia_layer *ly = &m->layers[l];
         b += WB(ly->wq) + WB(ly->wk) + WB(ly->wv) + WB(ly->wo) + WB(ly->w_gate) + WB(ly->w_up) + WB(ly->w_down);
@@ -779,9 +777,9 @@ int cmd_bench(int argc, char **argv) {
     json_object_set_new(R.root, "version", json_string(IA_VERSION));
     json_object_set_new(R.root, "threads", json_integer(nth));
     json_object_set_new(R.root, "kernel", json_string(ia_cpu_kernel_name()));
-    const char *prec_name = ia_get_precision() == IA_PREC_EXACT ? "exact" : ia_get_precision() == IA_PREC_BF16 ? "bf16" : "fast";
-    json_object_set_new(R.root, "precision", json_string(prec_name));
-    printf("iteralign bench: %d threads, kernel %s, %s precision\n", nth, ia_cpu_kernel_name(), prec_name);
+    json_object_set_new(R.root, "precision", json_string(ia_precision_name(ia_get_precision())));
+    printf("iteralign bench: %d threads, kernel %s, %s precision\n", nth, ia_cpu_kernel_name(),
+           ia_precision_name(ia_get_precision()));
     if (o.what & B_BW) {
         const double bwn = bw_probe(o.bw_bytes, nth, 5), bw1 = nth > 1 ? bw_probe(o.bw_bytes, 1, 5) : bwn;
         /* one core may read as fast as two (it does on this kind of VM): the limit uses the best */

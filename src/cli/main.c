@@ -1,8 +1,8 @@
 /* main.c — the `iteralign` command: dispatches to one sub-command per file in src/cli/. */
 #include "cli.h"
+#include "tensor/tensor.h"
 
 #include <stdlib.h>
-#include <strings.h>
 
 static const cli_command commands[] = {
     {"info", "show a GGUF model's metadata, tensors, tokenizer and chat template", cmd_info},
@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
     }
     /* the library reads anything else as fast: say so before a long run goes the wrong way */
     const char *prec = getenv("IA_PRECISION");
-    if (prec && *prec && strcasecmp(prec, "fast") && strcasecmp(prec, "exact") && strcasecmp(prec, "bf16")) {
+    if (prec && *prec && ia_precision_from_name(prec) < 0) {
         fprintf(stderr, "iteralign: IA_PRECISION='%s' is not one of fast, exact, bf16\n", prec);
         return 2;
     }

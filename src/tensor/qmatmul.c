@@ -23,11 +23,22 @@
 
 static _Atomic int g_prec = -1; /* -1: not read from the environment yet */
 
+static const char *const prec_names[] = {"fast", "exact", "bf16"}; /* by IA_PREC_* */
+
+int ia_precision_from_name(const char *s) {
+    for (int p = 0; s && p < 3; p++)
+        if (strcasecmp(s, prec_names[p]) == 0) return p;
+    return -1;
+}
+
+const char *ia_precision_name(int prec) { return prec >= 0 && prec < 3 ? prec_names[prec] : "fast"; }
+
 int ia_get_precision(void) {
     int p = atomic_load_explicit(&g_prec, memory_order_relaxed);
     if (p < 0) {
-        const char *s = getenv("IA_PRECISION");
-        p = s && strcasecmp(s, "exact") == 0 ? IA_PREC_EXACT : s && strcasecmp(s, "bf16") == 0 ? IA_PREC_BF16 : IA_PREC_FAST;
+        /* unset or unknown: fast (the CLI refuses an unknown value before it gets here) */
+        p = ia_precision_from_name(getenv("IA_PRECISION"));
+        if (p < 0) p = IA_PREC_FAST;
         atomic_store_explicit(&g_prec, p, memory_order_relaxed);
     }
     return p;
@@ -217,13 +228,16 @@ static void pack_panel(const ia_qpack *p, int panel, uint8_t *dst) {
         for (int j = 0; j < p->n_in / 32; j++, dst += 1024)
             for (int r = 0; r < IA_QP_ROWS; r++)
                 for (int g = 0; g < 16; g++) memcpy(dst + (g * IA_QP_ROWS + r) * 4, src[r] + (size_t)(32 * j + 2 * g) * 2, 4);
-    } else if (ia_q8_is_bf16(p->type)) { /* F32 or F16 rounded to bf16, in the BF16 layout */
+    } else if (ia_q8_is_bf16(p->type)) { /* F32 or F16 rounded to bf16 (weight_bf16's bits), the BF16 layout */
+        float f[32];
         for (int j = 0; j < p->n_in / 32; j++, dst += 1024)
-            for (int r = 0; r < IA_QP_ROWS; r++)
+            for (int r = 0; r < IA_QP_ROWS; r++) {
+                ia_dequantize_row_fast(p->type, src[r] + ia_type_row_size(p->type, 32 * j), f, 32);
                 for (int i = 0; i < 32; i++) {
-                    const uint16_t h = weight_bf16(p->type, src[r], 32 * j + i);
+                    const uint16_t h = ia_fp32_to_bf16_cvtne(f[i]);
                     memcpy(dst + ((i / 2) * IA_QP_ROWS + r) * 4 + (i & 1) * 2, &h, 2);
                 }
+            }
     } else if (p->type == IA_TYPE_Q8_0) {
         for (int j = 0; j < p->n_in / 32; j++, dst += 544) {
             for (int r = 0; r < IA_QP_ROWS; r++) {
@@ -439,6 +453,10 @@ bool ia_cpu_has_bf16_dot(void) {
 
 bool ia_matmul_uses_q8(uint32_t wtype) {
     return ia_get_precision() != IA_PREC_EXACT && q8_takes(ia_q8_kernel_get(), wtype);
+}
+
+size_t ia_matmul_infer_row_bytes(uint32_t wtype, int n_in) {
+    return ia_q8_is_bf16(wtype) && ia_matmul_uses_q8(wtype) ? (size_t)n_in * 2 : ia_type_row_size(wtype, n_in);
 }
 
 /* ---- driver ---------------------------------------------------------------------------------------- */

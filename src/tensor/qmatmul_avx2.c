@@ -84,15 +84,15 @@ typedef struct tile_args {
  * sum after each step keeps the chain a chain. */
 #define CHAIN(v) __asm__("" : "+x"(v))
 
-/* 4 activation bytes broadcast to every dword */
 /* A weight vector loaded once into a register: GCC otherwise folds the load into the mask as well as
  * loading it for the shift, and the tile issues twice the loads. */
 TA static INLINE __m256i load_once(const uint8_t *p) {
     __m256i v = _mm256_loadu_si256((const __m256i *)p);
-    __asm__("" : "+x"(v));
+    CHAIN(v);
     return v;
 }
 
+/* 4 activation bytes broadcast to every dword */
 TA static INLINE __m256i bcast4(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);

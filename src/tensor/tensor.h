@@ -100,6 +100,9 @@ void ia_dequantize_row_fast(uint32_t type, const void *src, float *dst, int64_t 
  * precision. The environment variable IA_PRECISION=exact|fast|bf16 sets the starting value. Other
  * weight types and ia_matmul itself are always f32. */
 enum { IA_PREC_FAST = 0, IA_PREC_EXACT = 1, IA_PREC_BF16 = 2 };
+/* "fast", "exact" or "bf16" (any case) to IA_PREC_*, or -1; and back. */
+int ia_precision_from_name(const char *s);
+const char *ia_precision_name(int prec);
 int ia_get_precision(void);
 void ia_set_precision(int prec);
 /* Whether the type has a low-precision path (Q8_0/Q4_0/Q4_K: int8 activations; BF16: bf16 ones; F32
@@ -110,6 +113,9 @@ bool ia_q8_type(uint32_t wtype);
  * (vpmaddubsw) and avx512 (vpdpbusd with VNNI, else the avx2 one); bf16 products, for BF16 weights
  * and in BF16 precision for F32/F16 ones, need AVX512_BF16 or the scalar reference). */
 bool ia_matmul_uses_q8(uint32_t wtype);
+/* Bytes of weights per row that ia_matmul_infer reads now: the GGUF row's, but half an F32 row's in
+ * BF16 precision (it reads the bf16 pack). */
+size_t ia_matmul_infer_row_bytes(uint32_t wtype, int n_in);
 
 /* bf16 arithmetic as the AVX512_BF16 instructions do it (the references of every bf16 kernel):
  * ia_fp32_to_bf16_cvtne rounds as vcvtneps2bf16 (nearest even, float subnormals to signed zero,
